@@ -1,0 +1,25 @@
+"""The exceptions mmer_rt raises: every user-facing failure is one of these, with a message naming the input."""
+
+
+class MMERError(Exception):
+    """Base class of every error mmer_rt raises on purpose."""
+
+
+class AudioError(MMERError, ValueError):
+    """Audio that cannot be used: unreadable, empty, non-finite, of an unsupported dtype or sample rate."""
+
+
+class TextError(MMERError, ValueError):
+    """A transcript that cannot be used."""
+
+
+class ModelDirError(MMERError):
+    """A model directory that is missing files, has an unknown manifest version or is otherwise unusable."""
+
+
+class IntegrityError(ModelDirError):
+    """A graph file whose SHA-256 does not match the one recorded in the manifest."""
+
+
+class ManifestError(MMERError, ValueError):
+    """A data manifest (JSONL of utterances) with a bad row; the message names the file and line."""
