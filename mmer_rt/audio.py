@@ -41,20 +41,25 @@ def load_audio(source: AudioSource, sample_rate: int | None = None, target_rate:
         if sample_rate is None:
             raise AudioError(f"{name}: a numpy array needs its sample_rate")
         samples, rate = _array_to_float(source, name), sample_rate
+        channel_axis = _guess_channel_axis(samples)
     else:
         samples, rate = _decode(source, name)
+        channel_axis = 1  # soundfile returns (frames, channels)
         if sample_rate is not None and sample_rate != rate:
             raise AudioError(f"{name}: sample_rate={sample_rate} was given but the file says {rate} Hz")
     _check_rate(rate, name)
-    mono = _to_mono(samples, name)
-    if mono.size == 0:
+    # Checked before down-mixing: the mean over an empty axis would turn "empty" into NaN.
+    if samples.size == 0:
         raise AudioError(f"{name}: the audio is empty")
+    mono = samples if samples.ndim == 1 else samples.mean(axis=channel_axis, dtype=np.float32)
     if not np.isfinite(mono).all():
         raise AudioError(f"{name}: the audio contains NaN or infinite samples")
     if rate != target_rate:
         import soxr
 
         mono = soxr.resample(mono, rate, target_rate, quality="HQ")
+        if mono.size == 0:
+            raise AudioError(f"{name}: the audio is too short to resample from {rate} Hz to {target_rate} Hz")
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
@@ -121,11 +126,9 @@ def _array_to_float(array: np.ndarray, name: str) -> np.ndarray:
     raise AudioError(f"{name}: unsupported audio dtype {array.dtype}; use a float or integer dtype")
 
 
-def _to_mono(samples: np.ndarray, name: str) -> np.ndarray:
-    if samples.ndim == 1:
-        return samples
-    channel_axis = 0 if samples.shape[0] < samples.shape[1] else 1
-    return samples.mean(axis=channel_axis, dtype=np.float32)
+def _guess_channel_axis(samples: np.ndarray) -> int:
+    """Arrays may be (samples, channels) or (channels, samples): the channels are the shorter axis."""
+    return 0 if samples.ndim == 2 and samples.shape[0] < samples.shape[1] else 1
 
 
 def _check_rate(rate, name: str) -> None:

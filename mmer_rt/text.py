@@ -98,6 +98,8 @@ class TextTokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> EncodedText:
         """Clean and tokenise transcripts, right-padded to the longest one."""
+        if not texts:
+            raise TextError("the batch of transcripts is empty")
         encodings = self._tokenizer.encode_batch([clean_transcript(t) for t in texts])
         width = max(len(e.ids) for e in encodings)
         ids = np.full((len(texts), width), self.pad_id, dtype=np.int64)
