@@ -23,3 +23,7 @@ class IntegrityError(ModelDirError):
 
 class ManifestError(MMERError, ValueError):
     """A data manifest (JSONL of utterances) with a bad row; the message names the file and line."""
+
+
+class CorpusError(MMERError, ValueError):
+    """A corpus that cannot be imported or synthesised: not the expected layout, a missing tool, a bad option."""
