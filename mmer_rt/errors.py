@@ -25,5 +25,9 @@ class ManifestError(MMERError, ValueError):
     """A data manifest (JSONL of utterances) with a bad row; the message names the file and line."""
 
 
+class DeviceError(MMERError):
+    """A requested device or precision that this machine or this model directory cannot provide."""
+
+
 class CorpusError(MMERError, ValueError):
     """A corpus that cannot be imported or synthesised: not the expected layout, a missing tool, a bad option."""

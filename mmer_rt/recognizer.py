@@ -1,0 +1,361 @@
+"""The Recognizer: made once from a model directory, it turns audio (and a transcript, if any) into emotions."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence, Union
+
+import numpy as np
+
+from .audio import AudioSource, load_audio, pad_batch
+from .batching import BatchBudget, plan_batches
+from .errors import AudioError, DeviceError, ModelDirError, TextError
+from .modeldir import (
+    AUDIO_INPUTS, AUDIO_OUTPUTS, FUSION_INPUTS, FUSION_OUTPUTS, PRECISIONS, TEXT_INPUTS, TEXT_OUTPUTS,
+    ModelManifest, verified_graph_path,
+)
+from .session import Graph, open_session, resolve_device
+from .text import TEXT_CLEANING_RULE, TextTokenizer, clean_transcript, ctc_greedy_decode
+
+logger = logging.getLogger("mmer_rt")
+
+LONG_AUDIO_POLICIES = ("truncate", "window")
+DEFAULT_MAX_TEXT_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One utterance's result.
+
+    Attributes:
+      label: the most probable emotion.
+      scores: the probability of every emotion, highest first.
+      transcript: the cleaned transcript the text encoder read.
+      transcript_source: ``"given"`` (the caller's) or ``"ctc"`` (the CTC head's greedy transcript).
+      duration: seconds of input audio, before any truncation.
+      truncated: True when only the first ``max_audio_samples`` were heard (the "truncate" policy).
+      windows: how many windows were scored and averaged (1 unless the "window" policy split the audio).
+    """
+
+    label: str
+    scores: dict[str, float]
+    transcript: str
+    transcript_source: str
+    duration: float
+    truncated: bool = False
+    windows: int = 1
+
+    @property
+    def score(self) -> float:
+        return self.scores[self.label]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One item of :meth:`Recognizer.predict_batch`: audio, its transcript if known, and an array's rate."""
+
+    audio: AudioSource
+    text: str | None = None
+    sample_rate: int | None = None
+
+
+BatchItem = Union[AudioSource, Utterance, tuple]
+
+
+@dataclass
+class _Piece:
+    """What one row of a graph batch holds: a waveform (a whole utterance or one window) and its transcript."""
+
+    owner: int
+    waveform: np.ndarray
+    text: str | None
+    name: str
+
+
+class Recognizer:
+    """Speech emotion recognition with MMER on onnxruntime.
+
+    Make one with :meth:`from_dir`; it is safe to call :meth:`predict` from several threads at once.
+
+    Long audio (more than the manifest's ``max_audio_samples``, about 13 s for the published model):
+      - ``"truncate"`` (default): only the first ``max_audio_samples`` are heard, as in training;
+        ``Prediction.truncated`` says so.
+      - ``"window"``: the audio is cut into windows of ``max_audio_samples`` (the last one ends at the end of the
+        audio, overlapping its neighbour, so every window is full length); each window is scored with the
+        whole given transcript, or with its own CTC transcript, and the probabilities are averaged. Windows
+        are batched under the same budget as utterances, so memory stays bounded however long the audio is.
+    """
+
+    def __init__(
+        self, model_dir: Path, manifest: ModelManifest, graphs: dict[str, Graph], tokenizer: TextTokenizer,
+        device: str, precision: str, batch_budget: BatchBudget, long_audio: str,
+    ):
+        self.model_dir = model_dir
+        self.manifest = manifest
+        self.labels = list(manifest.labels)
+        self.device = device
+        self.precision = precision
+        self.batch_budget = batch_budget
+        self.long_audio = long_audio
+        self._graphs = graphs
+        self._tokenizer = tokenizer
+
+    @classmethod
+    def from_dir(
+        cls, path: str | Path, device: str = "auto", precision: str = "auto", threads: int | None = None,
+        batch_budget: BatchBudget | None = None, long_audio: str = "truncate",
+    ) -> "Recognizer":
+        """Load a model directory written by ``python -m export.to_onnx``.
+
+        Args:
+          path: the model directory.
+          device: ``"cuda"``, ``"cpu"`` or ``"auto"`` (CUDA when onnxruntime offers it; if its CUDA provider
+            then fails to start, a warning is given and the CPU is used).
+          precision: ``"fp32"``, ``"fp16"``, ``"int8"`` or ``"auto"``: fp16 on CUDA, int8 on the CPU, each only
+            if the directory holds it, otherwise fp32.
+          threads: onnxruntime intra-op threads on the CPU (None: one per core).
+          batch_budget: the most one graph run may take (items and seconds of padded audio).
+          long_audio: ``"truncate"`` or ``"window"``; see the class docstring.
+
+        Raises:
+          ModelDirError: a missing or unusable directory, manifest, tokenizer or graph, an unknown manifest
+            version, or a requested precision the directory lacks.
+          IntegrityError: a graph whose SHA-256 differs from the manifest's.
+          DeviceError: ``device="cuda"`` where CUDA is not available or does not start.
+          ValueError: an unknown device, precision or long-audio policy, or a bad thread count.
+        """
+        if long_audio not in LONG_AUDIO_POLICIES:
+            raise ValueError(f"long_audio must be one of {', '.join(LONG_AUDIO_POLICIES)}; got {long_audio!r}")
+        model_dir = Path(path)
+        manifest = ModelManifest.read(model_dir)
+        _check_manifest(model_dir, manifest)
+        tokenizer = _load_tokenizer(model_dir, manifest)
+        resolved = resolve_device(device)
+        try:
+            chosen, graphs = _load_variant(model_dir, manifest, resolved, precision, threads)
+        except DeviceError as error:
+            if device != "auto":
+                raise
+            message = f"CUDA is unavailable, running on the CPU instead: {error}"
+            logger.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            resolved = "cpu"
+            chosen, graphs = _load_variant(model_dir, manifest, resolved, precision, threads)
+        logger.info("mmer_rt: %s on %s, %s precision", model_dir, resolved, chosen)
+        return cls(model_dir, manifest, graphs, tokenizer, resolved, chosen, batch_budget or BatchBudget(),
+                   long_audio)
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the sessions actually run on, best first."""
+        return self._graphs["audio_encoder"].session.get_providers()
+
+    def predict(self, audio: AudioSource, text: str | None = None, sample_rate: int | None = None) -> Prediction:
+        """Recognise the emotion of one utterance.
+
+        Args:
+          audio: a path, the bytes of an audio file, a binary file object, or a numpy array (any float or
+            integer dtype, mono or multi-channel) with its ``sample_rate``. It is resampled to 16 kHz.
+          text: the transcript; None uses the CTC head's greedy transcript (less accurate than a real one).
+          sample_rate: the rate of an array; for files, None or the file's own rate.
+
+        Raises:
+          AudioError: unusable audio (see :func:`mmer_rt.load_audio`), or audio too short for one encoder frame.
+          TextError: a transcript that is not a str.
+        """
+        return self.predict_batch([Utterance(audio, text, sample_rate)])[0]
+
+    def predict_batch(self, items: Iterable[BatchItem], sample_rate: int | None = None) -> list[Prediction]:
+        """Recognise many utterances, batched by length; results come back in input order.
+
+        Each item is an audio source, an ``(audio, text)`` pair or an :class:`Utterance`; ``sample_rate``
+        applies to array items that do not carry their own. An utterance gets the same result alone or in any
+        batch. Raises as :meth:`predict` does, naming the item at fault.
+        """
+        utterances = [_as_utterance(item, sample_rate) for item in items]
+        pieces, durations, truncated = self._pieces(utterances)
+        probabilities, transcripts = self._run(pieces)
+        rows: list[list[int]] = [[] for _ in utterances]
+        for row, piece in enumerate(pieces):
+            rows[piece.owner].append(row)
+        return [
+            self._combine(rows[owner], probabilities, transcripts, utterance.text is not None, durations[owner],
+                          truncated[owner])
+            for owner, utterance in enumerate(utterances)
+        ]
+
+    def _pieces(self, utterances: Sequence[Utterance]) -> tuple[list[_Piece], list[float], list[bool]]:
+        pieces, durations, truncated = [], [], []
+        limit = self.manifest.max_audio_samples
+        for owner, utterance in enumerate(utterances):
+            text = _checked_text(utterance.text, owner)
+            waveform = load_audio(utterance.audio, utterance.sample_rate, target_rate=self.manifest.sample_rate)
+            name = _describe(utterance.audio, owner)
+            durations.append(len(waveform) / self.manifest.sample_rate)
+            truncated.append(self.long_audio == "truncate" and len(waveform) > limit)
+            pieces.extend(_Piece(owner, window, text, name) for window in self._windows(waveform))
+        return pieces, durations, truncated
+
+    def _windows(self, waveform: np.ndarray) -> list[np.ndarray]:
+        limit = self.manifest.max_audio_samples
+        if len(waveform) <= limit:
+            return [waveform]
+        if self.long_audio == "truncate":
+            return [waveform[:limit]]
+        starts = list(range(0, len(waveform) - limit, limit)) + [len(waveform) - limit]
+        return [waveform[start : start + limit] for start in starts]
+
+    def _run(self, pieces: Sequence[_Piece]) -> tuple[np.ndarray, list[str]]:
+        probabilities = np.zeros((len(pieces), len(self.labels)), dtype=np.float64)
+        transcripts = [""] * len(pieces)
+        lengths = [len(piece.waveform) for piece in pieces]
+        for batch in plan_batches(lengths, self.batch_budget, self.manifest.sample_rate):
+            batch_probabilities, batch_transcripts = self._run_batch([pieces[i] for i in batch])
+            probabilities[batch] = batch_probabilities
+            for i, transcript in zip(batch, batch_transcripts):
+                transcripts[i] = transcript
+        return probabilities, transcripts
+
+    def _run_batch(self, pieces: Sequence[_Piece]) -> tuple[np.ndarray, list[str]]:
+        """Audio graph, transcripts, text graph, fusion graph, softmax, for one batch."""
+        values, sample_mask = pad_batch([piece.waveform for piece in pieces])
+        need_ctc = any(piece.text is None for piece in pieces)
+        audio = self._graphs["audio_encoder"].run(
+            {"input_values": values, "sample_mask": sample_mask},
+            host_outputs=("frame_mask", "ctc_logits") if need_ctc else ("frame_mask",),
+            device_outputs=("hidden_states",),
+        )
+        frames = audio["frame_mask"].sum(axis=1)
+        _check_frames(pieces, frames)
+        transcripts = [
+            clean_transcript(piece.text) if piece.text is not None
+            else ctc_greedy_decode(audio["ctc_logits"][row], int(frames[row]), self.manifest.ctc_vocab)
+            for row, piece in enumerate(pieces)
+        ]
+        encoded = self._tokenizer.encode_batch(transcripts)
+        text = self._graphs["text_encoder"].run(
+            {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask},
+            device_outputs=("token_embeddings",),
+        )
+        fusion = self._graphs["fusion"].run(
+            {"hidden_states": audio["hidden_states"], "frame_mask": audio["frame_mask"],
+             "token_embeddings": text["token_embeddings"], "attention_mask": encoded.attention_mask},
+            host_outputs=("logits",),
+        )
+        return _softmax(fusion["logits"]), transcripts
+
+    def _combine(
+        self, rows: list[int], probabilities: np.ndarray, transcripts: list[str], given: bool, duration: float,
+        truncated: bool,
+    ) -> Prediction:
+        mean = probabilities[rows].mean(axis=0)
+        order = np.argsort(-mean, kind="stable")
+        scores = {self.labels[i]: float(mean[i]) for i in order}
+        # A given transcript is shared by every window; CTC transcripts are one per window, in time order.
+        transcript = transcripts[rows[0]] if given else " ".join(t for t in (transcripts[r] for r in rows) if t)
+        return Prediction(
+            label=self.labels[order[0]], scores=scores, transcript=transcript,
+            transcript_source="given" if given else "ctc", duration=duration, truncated=truncated,
+            windows=len(rows),
+        )
+
+
+def _check_manifest(model_dir: Path, manifest: ModelManifest) -> None:
+    if manifest.text_cleaning != TEXT_CLEANING_RULE:
+        raise ModelDirError(
+            f"{model_dir}: the model was exported with text cleaning rule {manifest.text_cleaning!r}, but this "
+            f"mmer-rt applies {TEXT_CLEANING_RULE!r}; upgrade mmer-rt or re-export the model"
+        )
+    if not manifest.labels:
+        raise ModelDirError(f"{model_dir}: the manifest lists no labels")
+    if manifest.max_audio_samples < 1 or manifest.sample_rate < 1:
+        raise ModelDirError(f"{model_dir}: the manifest's sample_rate and max_audio_samples must be positive")
+
+
+def _load_tokenizer(model_dir: Path, manifest: ModelManifest) -> TextTokenizer:
+    path = model_dir / manifest.tokenizer
+    if not path.is_file():
+        raise ModelDirError(f"tokenizer file missing from the model directory: {path}")
+    max_tokens = int(manifest.extra.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS))
+    try:
+        return TextTokenizer(path, max_tokens=max_tokens)
+    except TextError as error:
+        raise ModelDirError(f"{path}: unusable tokenizer ({error})") from error
+    except Exception as error:  # the tokenizers library raises plain Exception on a malformed file
+        raise ModelDirError(f"{path}: cannot read the tokenizer ({error})") from error
+
+
+def _choose_precision(model_dir: Path, manifest: ModelManifest, device: str, precision: str) -> str:
+    if precision != "auto" and precision not in PRECISIONS:
+        raise ValueError(f"precision must be auto or one of {', '.join(PRECISIONS)}; got {precision!r}")
+    available = manifest.variants
+    if precision == "auto":
+        preferred = "fp16" if device == "cuda" else "int8"
+        precision = preferred if preferred in available else "fp32"
+    if precision not in available:
+        raise ModelDirError(
+            f"{model_dir} holds no {precision} variant (it has {', '.join(sorted(available)) or 'none'})"
+        )
+    return precision
+
+
+def _load_variant(
+    model_dir: Path, manifest: ModelManifest, device: str, precision: str, threads: int | None,
+) -> tuple[str, dict[str, Graph]]:
+    chosen = _choose_precision(model_dir, manifest, device, precision)
+    contract = {
+        "audio_encoder": (AUDIO_INPUTS, AUDIO_OUTPUTS),
+        "text_encoder": (TEXT_INPUTS, TEXT_OUTPUTS),
+        "fusion": (FUSION_INPUTS, FUSION_OUTPUTS),
+    }
+    graphs = {}
+    for name, (inputs, outputs) in contract.items():
+        path = verified_graph_path(model_dir, manifest.variants[chosen].graphs[name])
+        session = open_session(path, device, threads)
+        graphs[name] = Graph(session, name, inputs, outputs, bind_device="cuda" if device == "cuda" else None)
+    return chosen, graphs
+
+
+def _as_utterance(item: BatchItem, sample_rate: int | None) -> Utterance:
+    if isinstance(item, Utterance):
+        return item if item.sample_rate is not None or sample_rate is None else \
+            Utterance(item.audio, item.text, sample_rate)
+    if isinstance(item, tuple):
+        if len(item) != 2:
+            raise TextError(f"a batch item given as a tuple must be (audio, text); got {len(item)} elements")
+        return Utterance(item[0], item[1], sample_rate)
+    return Utterance(item, None, sample_rate)
+
+
+def _checked_text(text: Any, index: int) -> str | None:
+    if text is not None and not isinstance(text, str):
+        raise TextError(f"item {index}: the transcript must be a str or None, got {type(text).__name__}")
+    return text
+
+
+def _describe(audio: Any, index: int) -> str:
+    if isinstance(audio, (str, Path)):
+        return str(audio)
+    return f"item {index}"
+
+
+def _check_frames(pieces: Sequence[_Piece], frames: np.ndarray) -> None:
+    for piece, count in zip(pieces, frames):
+        if count < 1:
+            raise AudioError(
+                f"{piece.name}: {len(piece.waveform)} samples are too short for the audio encoder to produce "
+                "one frame; give at least about 25 ms of audio"
+            )
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.asarray(logits, dtype=np.float64)
+    shifted = shifted - shifted.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)

@@ -1,0 +1,126 @@
+"""onnxruntime sessions for the model's graphs: device choice, execution providers, threads and IOBinding runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence, Union
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import DeviceError, ModelDirError
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda")
+
+# Exhaustive search, the CUDA provider's default, re-benchmarks cuDNN convolutions for every new input shape,
+# and speech has a new length in almost every batch: peers measured 5 to 40 times slowdowns from it.
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "DEFAULT"}
+
+Feed = Union[np.ndarray, ort.OrtValue]
+
+
+def cuda_available() -> bool:
+    """Whether this onnxruntime build offers the CUDA provider (it may still fail to start: see open_session)."""
+    return CUDA_PROVIDER in ort.get_available_providers()
+
+
+def resolve_device(device: str) -> str:
+    """Map ``"auto"`` to ``"cuda"`` when onnxruntime offers CUDA, else ``"cpu"``; check explicit requests.
+
+    Raises:
+      ValueError: a device name other than auto, cpu or cuda.
+      DeviceError: ``"cuda"`` requested from an onnxruntime without the CUDA provider.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}; got {device!r}")
+    if device == "cuda" and not cuda_available():
+        raise DeviceError(
+            "device='cuda' was requested but this onnxruntime has no CUDA execution provider "
+            f"(it offers {', '.join(ort.get_available_providers())}); install mmer-rt[gpu] or use device='cpu'"
+        )
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    return device
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """Graph optimisations on; ``threads`` intra-op threads (None lets onnxruntime use every core)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None; got {threads!r}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = 1  # the graphs are sequential chains: parallel branches buy nothing
+    return options
+
+
+def open_session(path: str | Path, device: str, threads: int | None = None) -> ort.InferenceSession:
+    """Load one graph on ``"cpu"`` or ``"cuda"``.
+
+    Raises:
+      ModelDirError: onnxruntime cannot load the file.
+      DeviceError: CUDA was asked for but the session did not start on it (onnxruntime falls back to the CPU
+        with no more than a log line, so the session's own providers are checked).
+    """
+    providers = [(CUDA_PROVIDER, CUDA_OPTIONS), CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
+    try:
+        session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+    except Exception as error:  # onnxruntime's own exception types share no base class but Exception
+        raise ModelDirError(f"{path}: onnxruntime cannot load this graph ({error})") from error
+    active = session.get_providers()
+    if device == "cuda" and active[0] != CUDA_PROVIDER:
+        raise DeviceError(
+            f"{path}: the CUDA execution provider did not start (the session runs on {', '.join(active)}); "
+            "check the CUDA and cuDNN libraries onnxruntime-gpu needs, or use device='cpu'"
+        )
+    return session
+
+
+class Graph:
+    """One graph's session, checked against the graph contract, with runs that can keep outputs on the device.
+
+    On CUDA every run goes through IOBinding: outputs named in ``device_outputs`` stay in GPU memory as
+    OrtValues and can be fed to the next graph without a trip through the host.
+    """
+
+    def __init__(
+        self, session: ort.InferenceSession, name: str, inputs: Sequence[str], outputs: Sequence[str],
+        bind_device: str | None = None,
+    ):
+        self.session = session
+        self.name = name
+        self.bind_device = bind_device
+        _check_contract(session, name, inputs, outputs)
+
+    def run(
+        self, feeds: Mapping[str, Feed], host_outputs: Sequence[str] = (), device_outputs: Sequence[str] = (),
+    ) -> dict[str, Feed]:
+        """Run once; host outputs come back as numpy arrays, device outputs as OrtValues when binding is on."""
+        if self.bind_device is None:
+            names = [*host_outputs, *device_outputs]
+            return dict(zip(names, self.session.run(names, dict(feeds))))
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in host_outputs:
+            binding.bind_output(name, "cpu")
+        for name in device_outputs:
+            binding.bind_output(name, self.bind_device)
+        self.session.run_with_iobinding(binding)
+        values = dict(zip([*host_outputs, *device_outputs], binding.get_outputs()))
+        return {name: value.numpy() if name in host_outputs else value for name, value in values.items()}
+
+
+def _check_contract(session: ort.InferenceSession, name: str, inputs: Sequence[str], outputs: Sequence[str]):
+    have_inputs = [node.name for node in session.get_inputs()]
+    have_outputs = {node.name for node in session.get_outputs()}
+    if sorted(have_inputs) != sorted(inputs) or not set(outputs) <= have_outputs:
+        raise ModelDirError(
+            f"the {name} graph does not follow the graph contract: it takes {have_inputs} and gives "
+            f"{sorted(have_outputs)}, but {list(inputs)} -> {list(outputs)} are expected"
+        )
