@@ -1,0 +1,147 @@
+"""The ``mmer-rt`` command line: ``predict`` emotions of audio files and show a model directory's ``info``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from .batching import BatchBudget
+from .errors import MMERError
+from .modeldir import ModelManifest
+from .recognizer import LONG_AUDIO_POLICIES, Prediction, Recognizer, Utterance
+from .session import DEVICES
+
+# Files are decoded a chunk at a time so that memory stays bounded however many are named.
+FILES_PER_CHUNK = 64
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 success, 1 an mmer_rt error, 2 bad usage)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except MMERError as error:
+        print(f"mmer-rt: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmer-rt", description="Speech emotion recognition with MMER.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser("predict", help="recognise the emotion of audio files")
+    predict.add_argument("files", nargs="+", metavar="FILE", help="audio files (anything libsndfile reads)")
+    predict.add_argument("--model", required=True, metavar="DIR", help="model directory")
+    source = predict.add_mutually_exclusive_group()
+    source.add_argument("--text", help="the transcript of the one FILE")
+    source.add_argument(
+        "--transcripts", metavar="TSV", type=Path,
+        help="tab-separated lines 'FILE<TAB>transcript', FILE as given on the command line; "
+        "without --text or --transcripts the CTC head's greedy transcript is used",
+    )
+    predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    predict.add_argument("--device", choices=DEVICES, default="auto")
+    predict.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"), default="auto")
+    predict.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
+    predict.add_argument("--batch-size", type=_positive_int, default=BatchBudget.max_items,
+                         help="most clips per batch")
+    predict.add_argument("--long-audio", choices=LONG_AUDIO_POLICIES, default="truncate")
+    predict.set_defaults(run=_predict)
+
+    info = commands.add_parser("info", help="describe a model directory")
+    info.add_argument("model", metavar="DIR", help="model directory")
+    info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    info.set_defaults(run=_info)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    texts = _transcripts(args)
+    recognizer = Recognizer.from_dir(
+        args.model, device=args.device, precision=args.precision, threads=args.threads,
+        batch_budget=BatchBudget(max_items=args.batch_size), long_audio=args.long_audio,
+    )
+    # The bar goes to stderr, and only to a terminal, so that stdout stays clean for pipes.
+    with tqdm(total=len(args.files), unit="file", disable=None if len(args.files) > 1 else True,
+              file=sys.stderr) as bar:
+        for start in range(0, len(args.files), FILES_PER_CHUNK):
+            chunk = args.files[start : start + FILES_PER_CHUNK]
+            predictions = recognizer.predict_batch([Utterance(path, texts.get(path)) for path in chunk])
+            for path, prediction in zip(chunk, predictions):
+                bar.write(_format(path, prediction, args.json), file=sys.stdout)
+            bar.update(len(chunk))
+    return 0
+
+
+def _transcripts(args: argparse.Namespace) -> dict[str, str]:
+    if args.text is not None:
+        if len(args.files) != 1:
+            raise MMERError(f"--text gives the transcript of one file, but {len(args.files)} were named; "
+                            "use --transcripts TSV for several")
+        return {args.files[0]: args.text}
+    if args.transcripts is None:
+        return {}
+    table = _read_tsv(args.transcripts)
+    missing = [path for path in args.files if path not in table]
+    if missing:
+        raise MMERError(f"{args.transcripts} has no transcript for {', '.join(missing[:5])}"
+                        + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    return table
+
+
+def _read_tsv(path: Path) -> dict[str, str]:
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except (OSError, UnicodeDecodeError) as error:
+        raise MMERError(f"cannot read the transcripts file {path} ({error})") from error
+    table = {}
+    for number, row in enumerate(rows, start=1):
+        if not row:
+            continue
+        if len(row) != 2:
+            raise MMERError(f"{path}:{number}: expected 'FILE<TAB>transcript', found {len(row)} columns")
+        table[row[0]] = row[1]
+    return table
+
+
+def _format(path: str, prediction: Prediction, as_json: bool) -> str:
+    if as_json:
+        return json.dumps({"file": path, **prediction.to_dict()}, ensure_ascii=False)
+    notes = " (truncated)" if prediction.truncated else ""
+    notes += f" ({prediction.windows} windows)" if prediction.windows > 1 else ""
+    return (f"{path}\t{prediction.label}\t{prediction.score:.3f}\t{prediction.duration:.2f}s{notes}\t"
+            f"{prediction.transcript_source}: {prediction.transcript}")
+
+
+def _info(args: argparse.Namespace) -> int:
+    manifest = ModelManifest.read(args.model)
+    if args.json:
+        print(manifest.to_json(), end="")
+        return 0
+    print(f"model directory   {Path(args.model).resolve()}")
+    print(f"format version    {manifest.format_version}")
+    print(f"labels            {', '.join(manifest.labels)}")
+    print(f"audio             {manifest.sample_rate} Hz, at most {manifest.max_audio_samples} samples "
+          f"({manifest.max_audio_samples / manifest.sample_rate:.2f} s)")
+    print(f"text cleaning     {manifest.text_cleaning}")
+    print(f"tokenizer         {manifest.tokenizer}")
+    for name, variant in manifest.variants.items():
+        parity = ", ".join(f"{key}={value}" for key, value in variant.parity.items()) or "not recorded"
+        print(f"variant {name:<9} parity: {parity}")
+    for name, version in manifest.versions.items():
+        print(f"version {name:<9} {version}")
+    return 0
