@@ -1,0 +1,102 @@
+"""Tests of mmer_rt.session: device resolution, CUDA fallback detection, graph contract, IOBinding runs."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from mmer_rt.errors import DeviceError, ModelDirError
+from mmer_rt.session import CPU_PROVIDER, CUDA_PROVIDER, Graph, open_session, resolve_device, session_options
+
+NO_CUDA = CUDA_PROVIDER not in ort.get_available_providers()
+
+
+@pytest.fixture(scope="module")
+def doubling_graph(tmp_path_factory):
+    """y = 2x and z = x + 1 over a float (B, N) input x."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "n"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "n"])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", "n"])
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
+    nodes = [helper.make_node("Mul", ["x", "two"], ["y"]), helper.make_node("Add", ["x", "one"], ["z"])]
+    graph = helper.make_graph(nodes, "double", [x], [y, z], initializer=[two, one])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path_factory.mktemp("graph") / "double.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def test_explicit_devices_and_bad_names():
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="device must be one of auto, cpu, cuda; got 'gpu'"):
+        resolve_device("gpu")
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this onnxruntime offers CUDA")
+def test_cuda_without_the_cuda_provider_is_a_clear_error():
+    with pytest.raises(DeviceError, match="no CUDA execution provider"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == "cpu"
+
+
+def test_auto_picks_cuda_when_onnxruntime_offers_it(monkeypatch):
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA_PROVIDER, CPU_PROVIDER])
+    assert resolve_device("auto") == "cuda"
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [CPU_PROVIDER])
+    assert resolve_device("auto") == "cpu"
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="CUDA really starts here")
+def test_a_cuda_session_that_falls_back_to_the_cpu_is_refused(doubling_graph):
+    # onnxruntime itself only warns and runs on the CPU; the session's providers reveal it.
+    with pytest.warns(UserWarning), pytest.raises(DeviceError, match="CUDA execution provider did not start"):
+        open_session(doubling_graph, "cuda")
+
+
+def test_cpu_session_uses_the_cpu_provider_and_thread_count(doubling_graph):
+    session = open_session(doubling_graph, "cpu", threads=1)
+    assert session.get_providers() == [CPU_PROVIDER]
+    options = session_options(3)
+    assert options.intra_op_num_threads == 3
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert session_options(None).intra_op_num_threads == 0
+
+
+@pytest.mark.parametrize("threads", [0, -2, 1.5, True])
+def test_bad_thread_counts_are_refused(threads):
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        session_options(threads)
+
+
+def test_unloadable_graph_is_a_model_dir_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf")
+    with pytest.raises(ModelDirError, match="onnxruntime cannot load this graph"):
+        open_session(bad, "cpu")
+
+
+def test_graph_contract_is_checked(doubling_graph):
+    session = open_session(doubling_graph, "cpu")
+    Graph(session, "double", ["x"], ["y", "z"])
+    with pytest.raises(ModelDirError, match="the double graph does not follow the graph contract"):
+        Graph(session, "double", ["input_values"], ["y"])
+    with pytest.raises(ModelDirError, match="does not follow the graph contract"):
+        Graph(session, "double", ["x"], ["logits"])
+
+
+def test_bound_runs_equal_plain_runs_and_chain_device_outputs(doubling_graph):
+    session = open_session(doubling_graph, "cpu")
+    plain = Graph(session, "double", ["x"], ["y", "z"])
+    bound = Graph(session, "double", ["x"], ["y", "z"], bind_device="cpu")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    expected = plain.run({"x": x}, host_outputs=("y", "z"))
+    np.testing.assert_array_equal(expected["y"], 2 * x)
+    np.testing.assert_array_equal(expected["z"], x + 1)
+    got = bound.run({"x": x}, host_outputs=("z",), device_outputs=("y",))
+    assert isinstance(got["y"], ort.OrtValue) and isinstance(got["z"], np.ndarray)
+    np.testing.assert_array_equal(got["z"], expected["z"])
+    # A device output feeds the next run without becoming a numpy array first.
+    chained = bound.run({"x": got["y"]}, host_outputs=("y",))
+    np.testing.assert_array_equal(chained["y"], 4 * x)
