@@ -1,0 +1,129 @@
+"""MMER's training objective: CE + lambda * (CTC + SCL + ACL), each term as docs/mmer-model.md defines it.
+
+The loss settings (lambda, the temperature tau, which SCL form) are arguments here, not model config: they
+change how a model is trained, not what a checkpoint computes.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mmer_rt.text import CTC_BLANK
+
+TAU = 0.07
+LAMBDA = 0.1
+SCL_FORMS = ("published", "supcon")
+
+CtcTargets = Sequence[Sequence[int]] | tuple[Tensor, Tensor]
+
+
+def ctc_loss(
+    ctc_logits: Tensor, frame_mask: Tensor, targets: CtcTargets, reduction: str = "sum", zero_infinity: bool = False
+) -> Tensor:
+    """CTC of the ASR head (blank 0), summed over the batch as in the published code.
+
+    Args:
+      ctc_logits: (B, J, V) unnormalised scores; computed in float32 whatever their dtype.
+      frame_mask: (B, J) valid audio frames; each row's count is its input length.
+      targets: per-utterance label-id lists (``mmer_rt.text.ctc_targets``), or a (padded (B, S), lengths (B,))
+        pair of tensors.
+      reduction: "sum", "mean" (torch's: each loss divided by its target length, then averaged) or "none".
+      zero_infinity: passed to torch; a target too long for its frames otherwise gives an infinite loss.
+    """
+    padded, lengths = _pad_targets(targets, ctc_logits.device)
+    if padded.shape[0] != ctc_logits.shape[0]:
+        raise ValueError(f"ctc_loss: {padded.shape[0]} target sequences for a batch of {ctc_logits.shape[0]}")
+    log_probs = F.log_softmax(ctc_logits.float(), dim=-1).transpose(0, 1)
+    input_lengths = frame_mask.long().sum(-1)
+    return F.ctc_loss(log_probs, padded, input_lengths, lengths, blank=CTC_BLANK, reduction=reduction,
+                      zero_infinity=zero_infinity)
+
+
+def _pad_targets(targets: CtcTargets, device) -> tuple[Tensor, Tensor]:
+    if isinstance(targets, tuple) and len(targets) == 2 and all(isinstance(t, Tensor) for t in targets):
+        return targets[0].to(device).long(), targets[1].to(device).long()
+    lengths = torch.tensor([len(t) for t in targets], dtype=torch.long, device=device)
+    width = max([len(t) for t in targets] + [1])
+    padded = torch.zeros((len(targets), width), dtype=torch.long, device=device)
+    for row, sequence in enumerate(targets):
+        padded[row, : len(sequence)] = torch.as_tensor(list(sequence), dtype=torch.long)
+    return padded, lengths
+
+
+def scl_loss_published(embeddings: Tensor, labels: Tensor, tau: float = TAU) -> Tensor:
+    """The supervised contrastive loss as the published code computes it (it produced the paper's numbers).
+
+    S = e e^T without normalisation; a row-wise log-softmax, then divided by tau; the mean of -log p over every
+    pair with the same label, self-pairs included.
+    """
+    log_p = F.log_softmax(embeddings @ embeddings.T, dim=-1) / tau
+    same = _same_label(labels).to(log_p.dtype)
+    return -(log_p * same).sum() / same.sum()
+
+
+def supcon_loss(embeddings: Tensor, labels: Tensor, tau: float = TAU) -> Tensor:
+    """Khosla et al.'s SupCon ("L_out"): L2-normalised embeddings, self-pairs excluded from both the
+    positives and the denominator, -log p averaged over each anchor's positives, then over anchors.
+
+    Anchors whose label occurs only once have no positives and do not count; a batch with no positive pair at
+    all has nothing to learn from and gives 0 (still attached to the graph).
+    """
+    e = F.normalize(embeddings, dim=-1)
+    self_pair = torch.eye(len(e), dtype=torch.bool, device=e.device)
+    scores = (e @ e.T / tau).masked_fill(self_pair, float("-inf"))
+    log_p = F.log_softmax(scores, dim=-1).masked_fill(self_pair, 0.0)
+    positives = (_same_label(labels) & ~self_pair).to(log_p.dtype)
+    per_anchor = positives.sum(-1)
+    has_positive = per_anchor > 0
+    if not bool(has_positive.any()):
+        return embeddings.sum() * 0.0
+    anchor_loss = -(log_p * positives).sum(-1)[has_positive] / per_anchor[has_positive]
+    return anchor_loss.mean()
+
+
+def acl_loss(embeddings: Tensor, aug_embeddings: Tensor, tau: float = TAU) -> Tensor:
+    """InfoNCE with in-batch negatives: cross-entropy of (e e_aug^T / tau) against the diagonal."""
+    if embeddings.shape != aug_embeddings.shape:
+        raise ValueError(
+            f"acl_loss: original embeddings {tuple(embeddings.shape)} and augmented {tuple(aug_embeddings.shape)} "
+            "must have the same shape (one augmented copy per utterance)"
+        )
+    scores = embeddings @ aug_embeddings.T / tau
+    return F.cross_entropy(scores, torch.arange(len(scores), device=scores.device))
+
+
+def mmer_loss(out, aug_out, labels: Tensor, ctc_targets: CtcTargets, lam: float = LAMBDA, scl: str = "published",
+              tau: float = TAU) -> tuple[Tensor, dict[str, Tensor]]:
+    """CE + lam * (CTC + SCL + ACL) for one batch.
+
+    Args:
+      out: the MMEROutput of the original utterances; CE, CTC and SCL are computed on it only.
+      aug_out: the MMEROutput of their augmented versions, or None to leave ACL out.
+      labels: (B,) class indices.
+      ctc_targets: as ``ctc_loss`` takes them (summed over the batch).
+      scl: "published" (``scl_loss_published``) or "supcon" (``supcon_loss``).
+
+    Returns:
+      The total loss and its detached parts {"ce", "ctc", "scl", "acl" (when aug_out is given), "total"}.
+    """
+    if scl not in SCL_FORMS:
+        raise ValueError(f"mmer_loss: scl={scl!r}; use one of {SCL_FORMS}")
+    contrastive = scl_loss_published if scl == "published" else supcon_loss
+    parts = {
+        "ce": F.cross_entropy(out.logits.float(), labels),
+        "ctc": ctc_loss(out.ctc_logits, out.frame_mask, ctc_targets),
+        "scl": contrastive(out.scl_embeddings.float(), labels, tau),
+    }
+    if aug_out is not None:
+        parts["acl"] = acl_loss(out.scl_embeddings.float(), aug_out.acl_embeddings.float(), tau)
+    auxiliary = sum(value for name, value in parts.items() if name != "ce")
+    total = parts["ce"] + lam * auxiliary
+    return total, {**{name: value.detach() for name, value in parts.items()}, "total": total.detach()}
+
+
+def _same_label(labels: Tensor) -> Tensor:
+    return labels.unsqueeze(0) == labels.unsqueeze(1)
