@@ -1,0 +1,144 @@
+"""The benchmark's built artifacts, cached under .bench-cache/ by size, config and seed: built once, reused.
+
+    .bench-cache/<size>-<key>/
+      tokenizer.json       the benchmark tokenizer (workload.benchmark_tokenizer)
+      checkpoint/          random weights of the size's config, drawn from the seed (training.checkpoint format)
+      model/               that checkpoint exported by ``python -m export.to_onnx`` (the Recognizer's directory)
+      peer/{audio,text}/   the same encoders' weights, save_pretrained, for optimum-onnx to export
+      peer/optimum/        optimum-onnx's graphs, written by scripts/optimum_env.sh in its own environment
+
+The key hashes the config and the seed, so a changed config never reuses a stale export.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+from mmer_rt.text import TextTokenizer
+
+from .workload import benchmark_tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CACHE_ROOT = Path(os.environ.get("MMER_BENCH_CACHE", REPO_ROOT / ".bench-cache"))
+TOKENIZER_VOCAB = 600
+SIZES = ("base", "quick")
+OPTIMUM_HINT = "bash scripts/optimum_env.sh"
+
+
+def size_config(size: str):
+    """The MMERConfig of a benchmark size: "base" is the published shape, "quick" the tests' tiny model."""
+    from training.model import base_config, tiny_config
+
+    if size == "base":
+        return base_config()
+    if size == "quick":
+        return tiny_config(vocab_size=TOKENIZER_VOCAB)
+    raise ValueError(f"unknown benchmark size {size!r}; use one of {', '.join(SIZES)}")
+
+
+class RouteUnavailable(Exception):
+    """This machine or cache cannot run a route; the message says why and how to make it available."""
+
+
+class Artifacts:
+    """The cached files of one benchmark size and seed; each getter builds what is missing."""
+
+    def __init__(self, size: str, seed: int = 0, root: Path = CACHE_ROOT):
+        self.size = size
+        self.seed = seed
+        self._config = size_config(size)
+        digest = hashlib.sha256(json.dumps([self._config.to_dict(), seed, TOKENIZER_VOCAB], sort_keys=True,
+                                           default=str).encode()).hexdigest()[:12]
+        self.folder = Path(root) / f"{size}-{digest}"
+
+    def config(self):
+        return self._config
+
+    def tokenizer_path(self) -> Path:
+        path = self.folder / "tokenizer.json"
+        if not path.is_file():
+            _make_ignored_root(self.folder.parent)
+            benchmark_tokenizer(path, TOKENIZER_VOCAB)
+        return path
+
+    def tokenizer(self) -> TextTokenizer:
+        return TextTokenizer(self.tokenizer_path())
+
+    def checkpoint(self) -> Path:
+        from training.checkpoint import save_checkpoint
+
+        from .reference import build_model
+
+        path = self.folder / "checkpoint"
+        if not (path / "config.json").is_file():  # save_checkpoint writes config.json last
+            save_checkpoint(build_model(self._config, self.seed), path, self.tokenizer_path(),
+                            extra={"purpose": "benchmark, random weights", "seed": self.seed})
+        return path
+
+    def load_torch_model(self):
+        """A fresh copy of the checkpoint's model (each PyTorch route sets its own attention implementation)."""
+        from training.checkpoint import load_checkpoint
+
+        model, _ = load_checkpoint(self.checkpoint())
+        return model
+
+    def model_dir(self, precisions: tuple[str, ...] = ("fp32", "int8")) -> Path:
+        """The exported model directory holding at least ``precisions``; exports again when one is missing."""
+        path = self.folder / "model"
+        manifest = path / "mmer.json"
+        have = set(json.loads(manifest.read_text())["variants"]) if manifest.is_file() else set()
+        if not set(precisions) <= have:
+            wanted = ",".join(sorted(set(precisions) | have))
+            command = [sys.executable, "-m", "export.to_onnx", str(self.checkpoint()), "--out", str(path),
+                       "--precision", wanted]
+            subprocess.run(command, check=True, cwd=REPO_ROOT)
+        return path
+
+    def peer_weights(self) -> Path:
+        """save_pretrained folders of the checkpoint's two encoders, for optimum-onnx to read."""
+        path = self.folder / "peer"
+        if not ((path / "audio" / "config.json").is_file() and (path / "text" / "config.json").is_file()):
+            model = self.load_torch_model()
+            model.audio_encoder.wav2vec2.save_pretrained(path / "audio")
+            model.text_encoder.model.save_pretrained(path / "text")
+        return path
+
+    def peer_graphs(self, precision: str) -> tuple[Path, Path]:
+        """optimum's (audio, text) ONNX files of ``precision`` ("fp32" or "int8").
+
+        Raises RouteUnavailable, saying how to build them, when scripts/optimum_env.sh has not been run or
+        optimum could not make that variant.
+        """
+        optimum = self.folder / "peer" / "optimum"
+        report_path = optimum / "export.json"
+        flag = " --quick" if self.size == "quick" else ""
+        if not report_path.is_file():
+            raise RouteUnavailable(f"optimum-onnx graphs not built in {optimum}; build them with: {OPTIMUM_HINT}{flag}")
+        variants = json.loads(report_path.read_text())["variants"]
+        paths = []
+        for encoder in ("audio", "text"):
+            entry = variants.get(f"{encoder}-{precision}", {})
+            if "file" not in entry:
+                raise RouteUnavailable(f"optimum-onnx made no {encoder} {precision} graph: "
+                                       f"{entry.get('error', 'not attempted')}")
+            paths.append(optimum / entry["file"])
+        return paths[0], paths[1]
+
+
+def _make_ignored_root(root: Path) -> None:
+    # The cache ignores itself, as .pytest_cache does, so no clone ever commits base-size weights by accident.
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / ".gitignore"
+    if not marker.exists():
+        marker.write_text("# created by benchmarks/artifacts.py\n*\n")
+
+
+@lru_cache(maxsize=None)
+def artifacts_for(size: str, seed: int = 0) -> Artifacts:
+    return Artifacts(size, seed)

@@ -1,0 +1,113 @@
+"""What the benchmark ran on: CPU and GPU description, library versions, and the peak FLOP rates to compare with.
+
+Two peaks are given, because neither alone is honest: the theoretical one (cores x FLOPs per cycle x clock, from
+/proc/cpuinfo; a virtual machine's reported clock may not be its real one) and a measured one (a large fp32
+matrix product in PyTorch at the benchmark's thread count, i.e. what a well-tuned BLAS reaches here).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+
+# fp32 FLOPs per cycle per core: two FMA pipes x SIMD lanes x 2 (multiply and add). AVX-512 parts differ in FMA
+# pipe count; two is the common server figure and the table says so rather than guessing per model.
+FLOPS_PER_CYCLE = {"avx512f": 64, "avx2+fma": 32, "sse": 8}
+
+
+def cpu_info() -> dict:
+    """Model name, logical CPUs, clock (MHz) and the widest fp32 SIMD level, read from /proc/cpuinfo."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass  # not Linux: the theoretical peak is then unknown and reported as such
+    flags = set(fields.get("flags", "").split())
+    if "avx512f" in flags:
+        simd = "avx512f"
+    elif {"avx2", "fma"} <= flags:
+        simd = "avx2+fma"
+    else:
+        simd = "sse"
+    mhz = float(fields["cpu MHz"]) if "cpu MHz" in fields else None
+    return {
+        "model": fields.get("model name", platform.processor() or platform.machine()),
+        "logical_cpus": os.cpu_count(),
+        "mhz": mhz,
+        "simd": simd,
+        "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
+    }
+
+
+def theoretical_cpu_gflops(threads: int) -> float | None:
+    """fp32 peak of ``threads`` cores in GFLOP/s, or None when the clock is unknown."""
+    info = cpu_info()
+    if info["mhz"] is None:
+        return None
+    return threads * FLOPS_PER_CYCLE[info["simd"]] * info["mhz"] / 1000.0
+
+
+@lru_cache(maxsize=None)
+def measured_matmul_gflops(device: str = "cpu", dtype_name: str = "float32", threads: int | None = None,
+                           size: int = 1024, seconds: float = 1.0) -> float:
+    """GFLOP/s of repeated (size x size) matrix products in PyTorch: the achievable dense peak on this device."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    if device == "cuda":
+        size = max(size, 8192)  # a GPU needs large products to reach its peak
+    if threads is not None and device == "cpu":
+        torch.set_num_threads(threads)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    _ = a @ b  # warm-up: thread pool, kernels, clocks
+    _synchronize(device)
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        _ = a @ b
+        runs += 1
+        if device == "cuda" and runs % 10:
+            continue
+        _synchronize(device)
+    _synchronize(device)
+    elapsed = time.perf_counter() - started
+    return 2 * size ** 3 * runs / elapsed / 1e9
+
+
+def gpu_name() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def describe(threads: int) -> dict:
+    """The machine and versions, for the report's header."""
+    return {
+        "cpu": cpu_info(),
+        "threads": threads,
+        "gpu": gpu_name(),
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in ("torch", "transformers", "onnxruntime", "onnxruntime-gpu")},
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _synchronize(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
