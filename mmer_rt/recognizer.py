@@ -24,6 +24,9 @@ logger = logging.getLogger("mmer_rt")
 
 LONG_AUDIO_POLICIES = ("truncate", "window")
 DEFAULT_MAX_TEXT_TOKENS = 512
+# The receptive field of wav2vec2's convolutional feature encoder (25 ms at 16 kHz): shorter audio yields no
+# frame at all. A manifest may state its own model's value as extra["min_audio_samples"].
+DEFAULT_MIN_AUDIO_SAMPLES = 400
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,8 @@ class Recognizer:
           sample_rate: the rate of an array; for files, None or the file's own rate.
 
         Raises:
-          AudioError: unusable audio (see :func:`mmer_rt.load_audio`), or audio too short for one encoder frame.
+          AudioError: unusable audio (see :func:`mmer_rt.load_audio`), or audio shorter than the encoder's
+            receptive field (400 samples, 25 ms, for wav2vec2).
           TextError: a transcript that is not a str.
         """
         return self.predict_batch([Utterance(audio, text, sample_rate)])[0]
@@ -197,10 +201,20 @@ class Recognizer:
             text = _checked_text(utterance.text, owner)
             waveform = load_audio(utterance.audio, utterance.sample_rate, target_rate=self.manifest.sample_rate)
             name = _describe(utterance.audio, owner)
+            self._check_length(waveform, name)
             durations.append(len(waveform) / self.manifest.sample_rate)
             truncated.append(self.long_audio == "truncate" and len(waveform) > limit)
             pieces.extend(_Piece(owner, window, text, name) for window in self._windows(waveform))
         return pieces, durations, truncated
+
+    def _check_length(self, waveform: np.ndarray, name: str) -> None:
+        minimum = int(self.manifest.extra.get("min_audio_samples", DEFAULT_MIN_AUDIO_SAMPLES))
+        if len(waveform) < minimum:
+            rate = self.manifest.sample_rate
+            raise AudioError(
+                f"{name}: {len(waveform)} samples at {rate} Hz are too short for the audio encoder, which needs "
+                f"at least {minimum} ({1000 * minimum / rate:.0f} ms)"
+            )
 
     def _windows(self, waveform: np.ndarray) -> list[np.ndarray]:
         limit = self.manifest.max_audio_samples
@@ -232,7 +246,6 @@ class Recognizer:
             device_outputs=("hidden_states",),
         )
         frames = audio["frame_mask"].sum(axis=1)
-        _check_frames(pieces, frames)
         transcripts = [
             clean_transcript(piece.text) if piece.text is not None
             else ctc_greedy_decode(audio["ctc_logits"][row], int(frames[row]), self.manifest.ctc_vocab)
@@ -343,15 +356,6 @@ def _describe(audio: Any, index: int) -> str:
     if isinstance(audio, (str, Path)):
         return str(audio)
     return f"item {index}"
-
-
-def _check_frames(pieces: Sequence[_Piece], frames: np.ndarray) -> None:
-    for piece, count in zip(pieces, frames):
-        if count < 1:
-            raise AudioError(
-                f"{piece.name}: {len(piece.waveform)} samples are too short for the audio encoder to produce "
-                "one frame; give at least about 25 ms of audio"
-            )
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
