@@ -6,7 +6,7 @@ import logging
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 
@@ -78,7 +78,6 @@ class _Piece:
     owner: int
     waveform: np.ndarray
     text: str | None
-    name: str
 
 
 class Recognizer:
@@ -200,11 +199,10 @@ class Recognizer:
         for owner, utterance in enumerate(utterances):
             text = _checked_text(utterance.text, owner)
             waveform = load_audio(utterance.audio, utterance.sample_rate, target_rate=self.manifest.sample_rate)
-            name = _describe(utterance.audio, owner)
-            self._check_length(waveform, name)
+            self._check_length(waveform, _describe(utterance.audio, owner))
             durations.append(len(waveform) / self.manifest.sample_rate)
             truncated.append(self.long_audio == "truncate" and len(waveform) > limit)
-            pieces.extend(_Piece(owner, window, text, name) for window in self._windows(waveform))
+            pieces.extend(_Piece(owner, window, text) for window in self._windows(waveform))
         return pieces, durations, truncated
 
     def _check_length(self, waveform: np.ndarray, name: str) -> None:
