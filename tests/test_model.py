@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
+import runpy
 import sys
 
 import pytest
@@ -221,6 +221,7 @@ def test_pretrained_encoders_are_loaded_from_local_directories(tmp_path, tiny_to
     torch.testing.assert_close(model.text_encoder.model.embeddings.word_embeddings.weight,
                                roberta.embeddings.word_embeddings.weight, rtol=0, atol=0)
     assert model.config.text["model_type"] == "roberta" and model.config.audio["hidden_size"] == 32
+    assert model.config.audio["apply_spec_augment"] is False  # switched off over the directory's config
 
     saved = tokenizer_from_pretrained(tmp_path / "roberta", tmp_path / "out" / "tokenizer.json")
     assert Tokenizer.from_file(str(saved)).encode("hello there").ids == \
@@ -237,12 +238,21 @@ def test_parameter_counts_add_up(tiny_model):
     )
 
 
-def test_command_line_prints_tiny_preset_counts(make_tiny_model):
-    result = subprocess.run([sys.executable, "-m", "training.model", "--preset", "tiny"],
-                            capture_output=True, text=True, check=True, timeout=120)
-    printed = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in result.stdout.splitlines()}
+def test_command_line_prints_tiny_preset_counts(make_tiny_model, monkeypatch, capsys):
+    # runpy runs the module as `python -m training.model` would, without paying for a second interpreter.
+    monkeypatch.setattr(sys, "argv", ["training.model", "--preset", "tiny"])
+    monkeypatch.delitem(sys.modules, "training.model")  # as in a fresh interpreter; restored afterwards
+    runpy.run_module("training.model", run_name="__main__", alter_sys=True)
+    printed = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in capsys.readouterr().out.splitlines()}
     assert printed["total"] == sum(p.numel() for p in make_tiny_model().parameters())
     assert printed["fusion"] > 0 and printed["trainable"] < printed["total"]
+
+
+def test_wav2vec2_adapters_are_refused():
+    config = tiny_config()
+    config.audio["add_adapter"] = True
+    with pytest.raises(ValueError, match="add_adapter=True are not supported"):
+        MMER.from_config(config)
 
 
 def test_fusion_block_shapes_for_unequal_encoder_widths():

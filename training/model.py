@@ -141,6 +141,9 @@ class AudioEncoder(nn.Module):
 
     def __init__(self, wav2vec2, freeze_feature_encoder: bool = True):
         super().__init__()
+        if wav2vec2.config.add_adapter:
+            raise ValueError("wav2vec2 configs with add_adapter=True are not supported: AudioEncoder runs the "
+                             "encoder layers itself and has no adapter stage; use a config without adapters")
         self.wav2vec2 = wav2vec2
         self.config = wav2vec2.config
         if freeze_feature_encoder:
