@@ -1,0 +1,182 @@
+"""The benchmark suite's own machinery: FLOP model, inputs, figures, report, skips; and the quick suite end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import report
+from benchmarks.artifacts import Artifacts, RouteUnavailable
+from benchmarks.flops import audio_frames, utterance_flops
+from benchmarks.suite import Settings, latency_figures, parity_figures, rounds_for, settings_from_env
+from benchmarks.workload import SHORTEST_ROW, Workload, benchmark_tokenizer, make_workload, token_range
+from mmer_rt.text import TextTokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return TextTokenizer(benchmark_tokenizer(tmp_path_factory.mktemp("bench") / "tokenizer.json"))
+
+
+def test_analytic_flops_equal_torch_flop_counter_on_the_reference_forward(tokenizer):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.reference import TorchReference, build_model
+    from training.model import tiny_config
+
+    # Eager attention: FlopCounterMode does not count the CPU sdpa kernel, but counts eager's two matmuls.
+    reference = TorchReference(build_model(tiny_config(vocab_size=600), seed=0), attn_implementation="eager")
+    workload = make_workload(1.3, 1, tokenizer)
+    inputs = reference.prepare(workload, tokenizer)
+    with FlopCounterMode(display=False) as counter:
+        reference.logits(inputs)
+    expected = utterance_flops(reference.model.config, workload.sample_lengths[0], int(inputs.attention_mask.sum()))
+    assert expected.total == counter.get_total_flops()
+    assert torch.equal(reference.model.audio_encoder.frame_lengths(torch.tensor([20_800])),
+                       torch.tensor([audio_frames(reference.model.config.audio, 20_800)]))
+
+
+def test_base_size_audio_costs_about_14_gflop_per_second():
+    from training.model import base_config
+
+    per_second = utterance_flops(base_config(), 160_000, 2).audio_encoder / 10
+    assert 13e9 < per_second < 15.5e9  # the figure measured in docs/deployment-notes.md
+
+
+def test_workload_is_seeded_and_shaped_as_the_issue_asks(tokenizer):
+    first = make_workload(5.0, 8, tokenizer, seed=3)
+    again = make_workload(5.0, 8, tokenizer, seed=3)
+    other = make_workload(5.0, 8, tokenizer, seed=4)
+    assert all(np.array_equal(a, b) for a, b in zip(first.waveforms, again.waveforms))
+    assert first.transcripts == again.transcripts and first.transcripts != other.transcripts
+    assert first.sample_lengths[0] == 80_000
+    assert all(SHORTEST_ROW * 80_000 <= n <= 80_000 for n in first.sample_lengths)
+    counts = tokenizer.encode_batch(list(first.transcripts)).attention_mask.sum(axis=1)
+    low, high = token_range(5.0)
+    assert ((counts >= low) & (counts <= high)).all()
+    assert first.audio_seconds == pytest.approx(sum(first.sample_lengths) / 16_000)
+
+
+def test_latency_figures_percentiles_throughput_and_rtfx():
+    workload = Workload(2.0, (np.zeros(32_000, np.float32),) * 4, ("a",) * 4)
+    figures = latency_figures([0.1, 0.2, 0.3, 0.4, 1.0], workload)
+    assert figures["latency_p50_ms"] == pytest.approx(300)
+    assert figures["latency_p90_ms"] == pytest.approx(760)
+    assert figures["utterances_per_s"] == pytest.approx(4 / 0.3, rel=1e-3)
+    assert figures["rtfx"] == pytest.approx(8 / 0.3, rel=1e-3)
+
+
+def test_rounds_fill_the_budget_within_bounds():
+    settings = settings_from_env(quick=False)
+    assert rounds_for(100.0, settings) == settings.min_rounds
+    assert rounds_for(1e-6, settings) == settings.max_rounds
+    assert rounds_for(settings.seconds_per_case / 7, settings) == 7
+
+
+def test_parity_figures_and_shape_mismatch():
+    reference = np.array([[0.7, 0.3], [0.4, 0.6]])
+    assert parity_figures(np.array([[0.6, 0.4], [0.55, 0.45]]), reference) == pytest.approx(
+        {"max_abs_dprob": 0.15, "top1_agreement": 0.5})
+    with pytest.raises(ValueError, match="shape"):
+        parity_figures(reference[:1], reference)
+
+
+def test_quick_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MMER_BENCH_QUICK", "1")
+    monkeypatch.setenv("MMER_BENCH_THREADS", "3")
+    settings = settings_from_env()
+    assert isinstance(settings, Settings) and settings.quick and settings.size == "quick" and settings.threads == 3
+
+
+def test_missing_optimum_graphs_skip_with_the_command_that_builds_them(tmp_path):
+    artifacts = Artifacts("quick", seed=0, root=tmp_path)
+    with pytest.raises(RouteUnavailable, match=r"bash scripts/optimum_env.sh --quick"):
+        artifacts.peer_graphs("fp32")
+    (artifacts.folder / "peer" / "optimum").mkdir(parents=True)
+    (artifacts.folder / "peer" / "optimum" / "export.json").write_text(json.dumps(
+        {"variants": {"audio-fp32": {"file": "audio/model.onnx"}, "text-fp32": {"file": "text/model.onnx"},
+                      "audio-int8": {"error": "ValueError: boom"}}}))
+    assert artifacts.peer_graphs("fp32")[1].name == "model.onnx"
+    with pytest.raises(RouteUnavailable, match="boom"):
+        artifacts.peer_graphs("int8")
+
+
+def test_gpu_routes_skip_cleanly_without_a_gpu(tmp_path):
+    import torch
+
+    from benchmarks.routes import build_route
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the GPU routes run here")
+    with pytest.raises(RouteUnavailable, match="no CUDA GPU"):
+        build_route("pytorch-sdpa-fp16", Artifacts("quick", root=tmp_path), threads=1)
+    with pytest.raises(ValueError, match="unknown route"):
+        build_route("tensorflow", Artifacts("quick", root=tmp_path), threads=1)
+
+
+def _case(route, p50, clip=2.0, batch=1, top1=1.0, device="cpu"):
+    return {"name": f"test_end_to_end[{route}]", "extra_info": {
+        "route": route, "device": device, "precision": "fp32", "clip_seconds": clip, "batch_size": batch,
+        "latency_p50_ms": p50, "latency_p90_ms": p50, "latency_p99_ms": p50, "utterances_per_s": batch / p50,
+        "rtfx": 1.0, "gflop_per_utterance": 30.0, "achieved_gflops": 100.0, "fraction_of_cpu_fp32_peak": 0.5,
+        "fraction_of_cpu_sgemm": 0.8, "max_abs_dprob": 1e-6, "top1_agreement": top1, "peak_mb": 900.0}}
+
+
+def _write_run(path: Path, cases: list[dict]) -> Path:
+    path.write_text(json.dumps({"machine_info": {"mmer": {"settings": {"threads": 2}, "machine": {
+        "cpu": {"model": "Test CPU"}}}}, "benchmarks": cases}))
+    return path
+
+
+def test_report_computes_speedups_against_the_fastest_pytorch_and_judges_targets(tmp_path):
+    path = _write_run(tmp_path / "run.json", [
+        _case("pytorch-eager", 300.0), _case("pytorch-sdpa", 200.0), _case("mmer-rt-fp32", 100.0),
+        _case("mmer-rt-int8", 125.0, top1=0.98), _case("optimum-fp32", 160.0), _case("optimum-int8", 100.0),
+    ])
+    run = report.load_runs([path])
+    speedups = {c["route"]: c["speedup"] for c in run.cases}
+    assert speedups == pytest.approx({"pytorch-eager": 2 / 3, "pytorch-sdpa": 1.0, "mmer-rt-fp32": 2.0,
+                                      "mmer-rt-int8": 1.6, "optimum-fp32": 1.25, "optimum-int8": 2.0})
+    fp32_line, int8_line = report.target_lines(run.cases)
+    assert "2.00x" in fp32_line and "target 1.25x: met" in fp32_line and "ahead of optimum" in fp32_line
+    assert "target 2.0x: not met" in int8_line and "98%" in int8_line and "behind" in int8_line
+    text = report.markdown(run, command="pytest benchmarks/")
+    assert "Test CPU" in text and "| mmer-rt-fp32 | 2.00x | 2.00x |" in text and "`pytest benchmarks/`" in text
+
+
+def test_report_command_writes_markdown_and_png(tmp_path):
+    path = _write_run(tmp_path / "cpu.json", [_case("pytorch-sdpa", 200.0, batch=b) for b in (1, 8)]
+                      + [_case("mmer-rt-fp32", 150.0, batch=b) for b in (1, 8)])
+    report.main([str(path), "--out", str(tmp_path / "results")])
+    assert (tmp_path / "results" / "cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "1.33x" in (tmp_path / "results" / "cpu.md").read_text()
+
+
+def test_report_refuses_json_without_benchmark_cases(tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"benchmarks": [{"name": "test_x", "extra_info": {}}]}))
+    with pytest.raises(report.ReportError, match="no MMER benchmark cases"):
+        report.load_runs([path])
+
+
+@pytest.mark.slow
+def test_quick_suite_runs_end_to_end_and_reports(tmp_path):
+    """The CI hook: `pytest benchmarks/ --quick` on the tiny model, then the report over its JSON."""
+    result_json = tmp_path / "quick.json"
+    env = {**os.environ, "MMER_BENCH_CACHE": str(REPO / ".bench-cache")}
+    done = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/", "--quick", "-q", "-p", "no:cacheprovider",
+                           f"--benchmark-json={result_json}"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    routes = {b["extra_info"]["route"] for b in json.loads(result_json.read_text())["benchmarks"]}
+    assert {"pytorch-eager", "pytorch-sdpa", "mmer-rt-fp32", "mmer-rt-int8"} <= routes
+    report.main([str(result_json), "--out", str(tmp_path)])
+    assert (tmp_path / "quick.png").is_file()
