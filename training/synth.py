@@ -56,10 +56,10 @@ class Prosody:
 
 
 EMOTION_PROSODY = {
-    "happy": Prosody(pitch=35, pitch_range=90, rate=12),
-    "angry": Prosody(pitch=8, pitch_range=25, rate=35, quality="harsh"),
-    "neutral": Prosody(pitch=0, pitch_range=0, rate=0),
-    "sad": Prosody(pitch=-22, pitch_range=-60, rate=-28, quality="dull"),
+    "happy": Prosody(pitch=45, pitch_range=120, rate=10),
+    "angry": Prosody(pitch=10, pitch_range=10, rate=40, quality="harsh"),
+    "neutral": Prosody(pitch=0, pitch_range=-15, rate=0),
+    "sad": Prosody(pitch=-25, pitch_range=-60, rate=-30, quality="dull"),
 }
 # Uniform half-widths (percentage points) of the random shifts: a voice's habitual pitch/range/rate, then each
 # utterance's own variation. Large enough that neighbouring emotions overlap on any single cue.
@@ -317,13 +317,13 @@ def _render(espeak: str, plan: ClipPlan, path: Path) -> None:
 def _voice_quality(samples: np.ndarray, rate: int, quality: str) -> np.ndarray:
     if quality == "harsh":
         # Soft clipping adds the high harmonics of a pressed, shouted voice.
-        drive = 6.0
+        drive = 10.0
         return np.tanh(drive * samples / (np.abs(samples).max() + 1e-9)).astype(np.float32)
     if quality == "dull":
         # A gentle low-pass stands in for the steeper spectral tilt of sad, lax phonation.
         spectrum = np.fft.rfft(samples)
         freqs = np.fft.rfftfreq(len(samples), d=1.0 / rate)
-        spectrum *= 1.0 / np.sqrt(1.0 + (freqs / 1500.0) ** 4)
+        spectrum *= 1.0 / np.sqrt(1.0 + (freqs / 2500.0) ** 4)
         return np.fft.irfft(spectrum, n=len(samples)).astype(np.float32)
     return samples
 
