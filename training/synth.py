@@ -44,17 +44,19 @@ DEFAULT_VOICES = (
     "en-029+f5", "en+m1",
 )
 
-# Per-emotion prosody as percentage changes on the voice's own pitch, pitch range and rate (espeak-ng SSML
-# <prosody>), plus a voice-quality effect applied to the waveform. Loudness is left out on purpose: wav2vec2's
-# per-utterance normalisation erases it, so it would carry no signal the model can see.
 @dataclass(frozen=True)
 class Prosody:
+    """Percentage changes of a voice's pitch, pitch range and rate, and a voice quality."""
+
     pitch: float
     pitch_range: float
     rate: float
     quality: str = "modal"  # "modal", "harsh" (soft clipping) or "dull" (high frequencies attenuated)
 
 
+# Per-emotion prosody as percentage changes on the voice's own pitch, pitch range and rate (espeak-ng SSML
+# <prosody>), plus a voice-quality effect applied to the waveform. Loudness is left out on purpose: wav2vec2's
+# per-utterance normalisation erases it, so it would carry no signal the model can see.
 EMOTION_PROSODY = {
     "happy": Prosody(pitch=45, pitch_range=120, rate=10),
     "angry": Prosody(pitch=10, pitch_range=10, rate=40, quality="harsh"),
