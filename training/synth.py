@@ -44,6 +44,7 @@ DEFAULT_VOICES = (
     "en-029+f5", "en+m1",
 )
 
+
 @dataclass(frozen=True)
 class Prosody:
     """Percentage changes of a voice's pitch, pitch range and rate, and a voice quality."""
