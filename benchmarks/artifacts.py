@@ -49,16 +49,29 @@ class RouteUnavailable(Exception):
 class Artifacts:
     """The cached files of one benchmark size and seed; each getter builds what is missing."""
 
-    def __init__(self, size: str, seed: int = 0, root: Path = CACHE_ROOT):
+    def __init__(self, size: str, seed: int = 0, root: Path = CACHE_ROOT, folder: Path | None = None):
+        """``folder`` names an existing cache folder directly (the memory probe's subprocesses use it so that an
+        onnxruntime route never imports torch just to hash the config)."""
         self.size = size
         self.seed = seed
-        self._config = size_config(size)
-        digest = hashlib.sha256(json.dumps([self._config.to_dict(), seed, TOKENIZER_VOCAB], sort_keys=True,
-                                           default=str).encode()).hexdigest()[:12]
-        self.folder = Path(root) / f"{size}-{digest}"
+        self._config = None
+        self.folder = Path(folder) if folder is not None else Path(root) / f"{size}-{self._key()}"
+
+    def _key(self) -> str:
+        text = json.dumps([self.config().to_dict(), self.seed, TOKENIZER_VOCAB], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def config(self):
+        if self._config is None:
+            self._config = size_config(self.size)
         return self._config
+
+    def audio_config(self) -> dict:
+        """The audio encoder's config dict, read from the checkpoint when it exists (no torch import needed)."""
+        saved = self.folder / "checkpoint" / "config.json"
+        if saved.is_file():
+            return json.loads(saved.read_text())["audio"]
+        return self.config().audio
 
     def tokenizer_path(self) -> Path:
         path = self.folder / "tokenizer.json"
@@ -77,7 +90,7 @@ class Artifacts:
 
         path = self.folder / "checkpoint"
         if not (path / "config.json").is_file():  # save_checkpoint writes config.json last
-            save_checkpoint(build_model(self._config, self.seed), path, self.tokenizer_path(),
+            save_checkpoint(build_model(self.config(), self.seed), path, self.tokenizer_path(),
                             extra={"purpose": "benchmark, random weights", "seed": self.seed})
         return path
 

@@ -94,8 +94,7 @@ class BenchSession:
             return {}
         if route_name not in self._memory:
             cases = [(s, b) for b in self._batches(route_name) for s in self.settings.clips]
-            self._memory[route_name] = probe_in_subprocess(route_name, self.settings.size, self.settings.threads,
-                                                           cases, self.settings.seed)
+            self._memory[route_name] = probe_in_subprocess(route_name, self.artifacts, self.settings.threads, cases)
         found = self._memory[route_name]
         return {"load_mb": found["load_mb"], **found["cases"][case_key(workload.clip_seconds, workload.batch_size)]}
 

@@ -99,7 +99,7 @@ def _peer_route(name, artifacts, threads, precision) -> Route:
     text = open_session(text_path, "cpu", threads)
     fusion = open_session(artifacts.model_dir() / "fp32" / "fusion.onnx", "cpu", threads)
     tokenizer = artifacts.tokenizer()
-    audio_config = artifacts.config().audio
+    audio_config = artifacts.audio_config()
 
     def run(workload: Workload) -> np.ndarray:
         values, _ = pad_batch(list(workload.waveforms))  # optimum's wav2vec2 export takes no mask
