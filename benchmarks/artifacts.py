@@ -122,6 +122,11 @@ class Artifacts:
             model.text_encoder.model.save_pretrained(path / "text")
         return path
 
+    def peer_report(self) -> dict | None:
+        """optimum_export.py's record (versions, and how each variant was quantized or why it is missing)."""
+        path = self.folder / "peer" / "optimum" / "export.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
     def peer_graphs(self, precision: str) -> tuple[Path, Path]:
         """optimum's (audio, text) ONNX files of ``precision`` ("fp32" or "int8").
 

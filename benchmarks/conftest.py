@@ -82,12 +82,21 @@ class BenchSession:
         return self._route
 
     def reference(self, workload):
-        """The PyTorch fp32 sdpa probabilities for a workload, computed by a model loaded only for that."""
-        key = (workload.clip_seconds, workload.batch_size)
-        if key not in self._references:
+        """The PyTorch fp32 sdpa probabilities for a workload. All are computed on first use by one model, loaded
+        for that alone and then released, so the routes under test never share a process with an idle copy."""
+        if not self._references:
             reference_route = build_route(REFERENCE_ROUTE, self.artifacts, self.settings.threads)
-            self._references[key] = reference_route.run(workload)
-        return self._references[key]
+            for key in self._all_workload_keys():
+                self._references[key] = reference_route.run(self.workload(*key))
+            del reference_route
+            gc.collect()
+        return self._references[(workload.clip_seconds, workload.batch_size)]
+
+    def _all_workload_keys(self) -> list[tuple[float, int]]:
+        import torch
+
+        batches = set(self.settings.batches) | (set(self.settings.gpu_batches) if torch.cuda.is_available() else set())
+        return [(seconds, batch) for batch in sorted(batches) for seconds in self.settings.clips]
 
     def memory(self, route_name: str, workload) -> dict:
         if not self.settings.memory:
@@ -135,4 +144,5 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "settings": asdict(settings),
         "machine": describe(settings.threads),
         "peaks_gflops": session.peaks if session else {},
+        "optimum": session.artifacts.peer_report() if session else None,
     }

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from .artifacts import REPO_ROOT, Artifacts
-from .routes import PYTORCH_PREFIX
+from .routes import GPU_ROUTES, PYTORCH_PREFIX
 
 
 def probe(route_name: str, artifacts, threads: int, cases: list[tuple[float, int]]) -> dict:
@@ -83,8 +83,9 @@ def _import_libraries(route_name: str) -> None:
 
     from mmer_rt import recognizer  # noqa: F401
 
+    if route_name in GPU_ROUTES:
+        import torch  # noqa: F401  (it reads the device's memory)
     if route_name.startswith(PYTORCH_PREFIX):
-        import torch  # noqa: F401
         from transformers import AutoModel, Wav2Vec2Model  # noqa: F401  (transformers imports models lazily)
 
         from training import checkpoint, model  # noqa: F401

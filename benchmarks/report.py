@@ -121,7 +121,7 @@ def markdown(run: Run, command: str | None = None) -> str:
             lines += ["", f"Not in this run (skipped; see the pytest log for why): {', '.join(missing)}."]
     lines += ["", "Speed-up: the fastest PyTorch route's median latency over this route's, same case, same run. "
               "GFLOP/utt counts useful work (no padding); % peak is of the theoretical fp32 peak (CPU; "
-              "cores x FLOPs per cycle x clock), % matmul of a large fp32 matrix product measured in the same run "
+              "cores x FLOPs per cycle x the clock /proc/cpuinfo reports, which boost can exceed), % matmul of a large fp32 matrix product measured in the same run "
               "(on a GPU both are of a measured fp16 or fp32 matmul). Parity: against PyTorch fp32 sdpa on the CPU, same inputs.", ""]
     return "\n".join(lines)
 
@@ -193,6 +193,12 @@ def _machine_lines(machine_info: dict) -> list[str]:
         f"{settings.get('batches')}; {settings.get('seconds_per_case')} s of rounds per case",
         f"- Python {described.get('python', '?')}; {versions}",
     ]
+    optimum = mmer.get("optimum")
+    if optimum:
+        peer_versions = ", ".join(f"{k} {v}" for k, v in optimum.get("versions", {}).items())
+        lines.append(f"- Peer: optimum-onnx export in its own environment ({peer_versions}), our fp32 fusion graph")
+        lines += [f"  - {name}: {entry.get('note') or entry.get('error')}"
+                  for name, entry in optimum.get("variants", {}).items() if entry.get("note") or entry.get("error")]
     return lines
 
 

@@ -76,7 +76,7 @@ def _recognizer_route(name, artifacts, threads, precision, device) -> Route:
     if device == "cuda" and not (cuda_available() and _torch_sees_gpu()):
         raise RouteUnavailable(
             f"{name}: no CUDA GPU here, or onnxruntime without the CUDA provider (install mmer-rt[gpu])")
-    model_dir = artifacts.model_dir()
+    model_dir = artifacts.model_dir(("fp32", precision))
     if precision not in json.loads((model_dir / "mmer.json").read_text())["variants"]:
         raise RouteUnavailable(f"{name}: the exported model directory {model_dir} holds no {precision} variant")
     recognizer = Recognizer.from_dir(model_dir, device=device, precision=precision, threads=threads,
