@@ -97,14 +97,17 @@ def acl_loss(embeddings: Tensor, aug_embeddings: Tensor, tau: float = TAU) -> Te
 
 
 def mmer_loss(out, aug_out, labels: Tensor, ctc_targets: CtcTargets, lam: float = LAMBDA, scl: str = "published",
-              tau: float = TAU) -> tuple[Tensor, dict[str, Tensor]]:
+              tau: float = TAU, ctc_reduction: str = "sum") -> tuple[Tensor, dict[str, Tensor]]:
     """CE + lam * (CTC + SCL + ACL) for one batch.
 
     Args:
       out: the MMEROutput of the original utterances; CE, CTC and SCL are computed on it only.
       aug_out: the MMEROutput of their augmented versions, or None to leave ACL out.
       labels: (B,) class indices.
-      ctc_targets: as ``ctc_loss`` takes them (summed over the batch).
+      ctc_targets: as ``ctc_loss`` takes them.
+      ctc_reduction: "sum" over the batch as published, or "mean" (per target character, then over the batch),
+        which keeps CTC from outweighing CE when the audio encoder starts from random weights. A target longer
+        than its frames contributes zero rather than an infinite loss.
       scl: "published" (``scl_loss_published``) or "supcon" (``supcon_loss``).
 
     Returns:
@@ -115,7 +118,7 @@ def mmer_loss(out, aug_out, labels: Tensor, ctc_targets: CtcTargets, lam: float 
     contrastive = scl_loss_published if scl == "published" else supcon_loss
     parts = {
         "ce": F.cross_entropy(out.logits.float(), labels),
-        "ctc": ctc_loss(out.ctc_logits, out.frame_mask, ctc_targets),
+        "ctc": ctc_loss(out.ctc_logits, out.frame_mask, ctc_targets, reduction=ctc_reduction, zero_infinity=True),
         "scl": contrastive(out.scl_embeddings.float(), labels, tau),
     }
     if aug_out is not None:

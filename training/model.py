@@ -108,6 +108,28 @@ def tiny_config(
     )
 
 
+def small_config(labels=IEMOCAP_LABELS, vocab_size: int = 320, attn_implementation: str = "sdpa") -> MMERConfig:
+    """The demo's model: wav2vec2-base's GroupNorm front end and 320x downsampling (50 frames a second) at hidden
+    64 with 2 layers, and a 2-layer RoBERTa of width 64; trains on two CPU cores in minutes."""
+    from transformers import RobertaConfig, Wav2Vec2Config
+
+    audio = Wav2Vec2Config(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        conv_dim=(64, 64, 64, 64, 64), conv_kernel=(10, 3, 3, 2, 2), conv_stride=(5, 4, 4, 2, 2),
+        num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=4, feat_extract_norm="group",
+        conv_bias=False, layerdrop=0.0, hidden_dropout=0.1, feat_proj_dropout=0.1,
+    )
+    text = RobertaConfig(
+        vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=130, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0,
+        eos_token_id=2,
+    )
+    return MMERConfig(
+        labels=list(labels), audio=audio.to_dict(), text=text.to_dict(), fusion_heads=4, fusion_ffn=128,
+        attn_implementation=attn_implementation,
+    )
+
+
 def base_config(labels=IEMOCAP_LABELS) -> MMERConfig:
     """The published shapes: wav2vec2-base (768 wide, 12 layers, GroupNorm front end) and RoBERTa-base."""
     from transformers import RobertaConfig, Wav2Vec2Config

@@ -1,0 +1,403 @@
+"""Train MMER: CE + lambda * (CTC + SCL + ACL), AdamW at a constant learning rate with gradient accumulation.
+
+    python -m training.train --manifest corpus/manifest.jsonl --out runs/fold1 --test-session Session1
+
+Every knob is a flag; ``--config FILE.json`` sets defaults for any of them (flags still win). The run directory
+holds ``best/`` (the checkpoint with the highest validation UA), ``last/`` (model, optimizer and progress, written
+atomically, for ``--resume``), ``history.jsonl`` and ``results.json``. Model selection uses a validation split of
+whole speakers drawn from the training sessions; the test session is only scored, once, at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mmer_rt.corpus import Utterance, read_manifest
+from mmer_rt.text import TextTokenizer
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import Collator, UtteranceDataset, leave_one_session_out, length_bucketed_batches, speaker_split
+from .losses import mmer_loss
+from .metrics import Scores, score
+from .model import IEMOCAP_LABELS, MMER, MMERConfig, base_config, small_config, tiny_config
+from .tokenizer import build_tokenizer, tokenizer_from_pretrained
+
+PRESETS = {"tiny": tiny_config, "small": small_config, "base": base_config}
+STATE_NAME = "trainer_state.json"
+OPTIMIZER_NAME = "optimizer.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    manifest: str = ""
+    out: str = ""
+    labels: str = ",".join(IEMOCAP_LABELS)
+    preset: str = "small"
+    audio_pretrained: str | None = None
+    text_pretrained: str | None = None
+    tokenizer: str | None = None  # an existing tokenizer.json; default: the pretrained one, or trained on the corpus
+    vocab_size: int = 320  # for a tokenizer trained on the corpus (tiny and small presets)
+    train_text_encoder: bool = False
+    train_feature_encoder: bool = False
+    epochs: int = 10
+    batch_size: int = 4
+    grad_accum: int = 4
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    lam: float = 0.1
+    scl: str = "published"
+    ctc_reduction: str = "sum"
+    augment: bool = True
+    max_audio_seconds: float = 210_000 / 16_000
+    test_session: str | None = None
+    validation: float = 0.15  # fraction of the training speakers held out for model selection
+    device: str = "auto"
+    seed: int = 0
+    workers: int = 0
+    checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints; 0 = at the end of each epoch only
+    max_minutes: float = 0.0  # stop after the epoch in progress once this much time has passed; 0 = no limit
+    resume: bool = False
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, help="JSON file of defaults for any flag below (snake_case keys)")
+    for field in fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.type == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, type={"int": int, "float": float}.get(field.type, str), default=None)
+    args = vars(parser.parse_args(argv))
+    config_file = args.pop("config")
+    values = _read_config_file(config_file) if config_file else {}
+    values.update({k: v for k, v in args.items() if v is not None})
+    config = TrainConfig(**values)
+    for required in ("manifest", "out"):
+        if not getattr(config, required):
+            parser.error(f"--{required} is required (on the command line or in --config)")
+    return config
+
+
+def _read_config_file(path: Path) -> dict:
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"error: cannot read --config {path}: {error}")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SystemExit(f"error: {path}: unknown keys {unknown}; known keys are {sorted(known)}")
+    return values
+
+
+def choose_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda was asked for but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved with ``last/`` so that ``--resume`` continues exactly there."""
+
+    epoch: int = 0  # the epoch in progress (0-based)
+    batch_in_epoch: int = 0  # batches of that epoch already trained on
+    optimizer_steps: int = 0
+    best_ua: float = -1.0
+    best_epoch: int = -1
+    elapsed_s: float = 0.0
+
+
+class Trainer:
+    """One training run: data, model, optimizer and the loop, with checkpoints in ``config.out``."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.out = Path(config.out)
+        self.labels = [label.strip() for label in config.labels.split(",") if label.strip()]
+        self.device = choose_device(config.device)
+        seed_everything(config.seed)
+        self._prepare_run_dir()
+        self.split = self._split(read_manifest(config.manifest, labels=self.labels))
+        self.max_samples = int(round(config.max_audio_seconds * 16_000))
+        self.model, tokenizer_path = self._model()
+        self.tokenizer_path = tokenizer_path
+        self.collate = Collator(TextTokenizer(tokenizer_path))
+        self.train_set = UtteranceDataset(self.split["train"], self.labels, self.max_samples, config.augment,
+                                          config.seed)
+        self.use_acl = self.train_set.has_augmented_view
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        self.amp_dtype = None
+        if self.device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.progress = Progress()
+        if config.resume:
+            self._restore()
+
+    # ----- set-up ---------------------------------------------------------------------------------------------
+    def _prepare_run_dir(self) -> None:
+        last = self.out / "last"
+        if self.config.resume:
+            if not (last / STATE_NAME).is_file():
+                raise SystemExit(f"error: --resume: {last} holds no saved run to continue")
+            return
+        if self.out.exists() and any(self.out.iterdir()):
+            raise SystemExit(
+                f"error: {self.out} is not empty; pass --resume to continue the run saved there, or choose "
+                "another --out (nothing is overwritten)"
+            )
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "train_config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+
+    def _split(self, utterances: list[Utterance]) -> dict[str, list[Utterance]]:
+        if self.config.test_session:
+            fold = leave_one_session_out(utterances, self.config.test_session, self.config.validation,
+                                         self.config.seed)
+            split = {"train": fold.train, "validation": fold.validation, "test": fold.test}
+        else:
+            train, validation = speaker_split(utterances, self.config.validation, self.config.seed)
+            split = {"train": train, "validation": validation, "test": []}
+        for name, rows in split.items():
+            speakers = sorted({u.speaker for u in rows})
+            tqdm.write(f"{name}: {len(rows)} utterances, {len(speakers)} speakers")
+        return split
+
+    def _model(self) -> tuple[MMER, Path]:
+        if self.config.resume:
+            model, tokenizer_path = load_checkpoint(self.out / "last")
+            self._set_trainable(model)
+            return model.to(self.device), tokenizer_path
+        tokenizer_path = self.out / "tokenizer.json"
+        if self.config.tokenizer:
+            shutil.copyfile(self.config.tokenizer, tokenizer_path)
+        elif self.config.text_pretrained:
+            tokenizer_from_pretrained(self.config.text_pretrained, tokenizer_path)
+        else:
+            build_tokenizer([u.text for u in self.split["train"]], self.config.vocab_size, tokenizer_path)
+        model_config = self._model_config()
+        model = MMER.from_config(model_config)
+        self._set_trainable(model)
+        return model.to(self.device), tokenizer_path
+
+    def _model_config(self) -> MMERConfig:
+        if self.config.preset not in PRESETS:
+            raise SystemExit(f"error: --preset {self.config.preset!r}: choose one of {sorted(PRESETS)}")
+        preset = PRESETS[self.config.preset]
+        kwargs = {"labels": self.labels}
+        if "vocab_size" in preset.__code__.co_varnames:
+            kwargs["vocab_size"] = self.config.vocab_size
+        model_config = preset(**kwargs)
+        model_config.audio_pretrained = self.config.audio_pretrained
+        model_config.text_pretrained = self.config.text_pretrained
+        model_config.freeze_text_encoder = not self.config.train_text_encoder
+        model_config.freeze_feature_encoder = not self.config.train_feature_encoder
+        model_config.max_audio_samples = self.max_samples
+        return model_config
+
+    def _set_trainable(self, model: MMER) -> None:
+        # A checkpoint records the model, not this run's choices of what to fine-tune: apply them again.
+        model.config.freeze_text_encoder = not self.config.train_text_encoder
+        model.config.freeze_feature_encoder = not self.config.train_feature_encoder
+        model.text_encoder.frozen = model.config.freeze_text_encoder
+        for p in model.text_encoder.parameters():
+            p.requires_grad = not model.config.freeze_text_encoder
+        for p in model.audio_encoder.wav2vec2.feature_extractor.parameters():
+            p.requires_grad = not model.config.freeze_feature_encoder
+
+    # ----- the loop -------------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        started = time.monotonic() - self.progress.elapsed_s
+        for epoch in range(self.progress.epoch, self.config.epochs):
+            self.progress.epoch = epoch
+            train_loss = self._train_epoch(epoch, started)
+            scores = self.evaluate(self.split["validation"], f"validate {epoch + 1}")
+            self.progress.epoch, self.progress.batch_in_epoch = epoch + 1, 0
+            self.progress.elapsed_s = time.monotonic() - started
+            improved = scores.ua > self.progress.best_ua
+            if improved:
+                self.progress.best_ua, self.progress.best_epoch = scores.ua, epoch + 1
+                self._save_atomic(self.out / "best", with_optimizer=False)
+            self._save_atomic(self.out / "last", with_optimizer=True)
+            record = {"epoch": epoch + 1, "train_loss": train_loss, "val_wa": scores.wa, "val_ua": scores.ua,
+                      "best": improved, "elapsed_s": round(self.progress.elapsed_s, 1)}
+            with open(self.out / "history.jsonl", "a", encoding="utf-8") as history:
+                history.write(json.dumps(record) + "\n")
+            tqdm.write(f"epoch {epoch + 1}: loss {train_loss:.4f}  val WA {scores.wa:.3f}  val UA {scores.ua:.3f}"
+                       + ("  (best)" if improved else ""))
+            if self.config.max_minutes and self.progress.elapsed_s > 60 * self.config.max_minutes:
+                tqdm.write(f"stopping: the {self.config.max_minutes}-minute budget is spent")
+                break
+        return self._finish()
+
+    def _train_epoch(self, epoch: int, started: float) -> float:
+        self.model.train()
+        self.train_set.set_epoch(epoch)
+        batches = length_bucketed_batches(self._train_lengths(), self.config.batch_size,
+                                          seed=self.config.seed * 1000 + epoch)
+        skip = self.progress.batch_in_epoch  # batches finished before an interruption
+        loader = torch.utils.data.DataLoader(
+            self.train_set, batch_sampler=batches[skip:], collate_fn=self.collate,
+            num_workers=self.config.workers, persistent_workers=False,
+        )
+        losses = []
+        bar = tqdm(loader, total=len(batches), initial=skip, desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                   leave=False, dynamic_ncols=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        for index, batch in enumerate(bar, start=skip):
+            loss, parts = self._loss(batch)
+            self.scaler.scale(loss / self.config.grad_accum).backward()
+            losses.append(parts["total"].item())
+            last_batch = index + 1 == len(batches)
+            if (index + 1) % self.config.grad_accum == 0 or last_batch:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.progress.optimizer_steps += 1
+                self.progress.batch_in_epoch = index + 1
+                every = self.config.checkpoint_every
+                if every and self.progress.optimizer_steps % every == 0 and not last_batch:
+                    self.progress.elapsed_s = time.monotonic() - started
+                    self._save_atomic(self.out / "last", with_optimizer=True)
+            bar.set_postfix({k: f"{v.item():.3f}" for k, v in parts.items()})
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def _train_lengths(self) -> list[int]:
+        if not hasattr(self, "_lengths"):
+            self._lengths = self.train_set.audio_lengths()
+        return self._lengths
+
+    def _loss(self, batch: dict):
+        batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = self.model(batch["input_values"], batch["sample_mask"], batch["input_ids"],
+                             batch["attention_mask"])
+            aug_out = None
+            if self.use_acl:
+                aug_out = self.model(batch["aug_input_values"], batch["aug_sample_mask"], batch["aug_input_ids"],
+                                     batch["aug_attention_mask"])
+        targets = [t.to(self.device) for t in batch["ctc_targets"]]
+        return mmer_loss(out, aug_out, batch["labels"], targets, lam=self.config.lam, scl=self.config.scl,
+                         ctc_reduction=self.config.ctc_reduction)
+
+    @torch.no_grad()
+    def evaluate(self, utterances: list[Utterance], desc: str) -> Scores:
+        y_true, y_pred = predict(self.model, utterances, self.labels, self.collate, self.max_samples,
+                                 self.config.batch_size * 2, self.device, desc)
+        return score(y_true, y_pred, self.labels)
+
+    def _finish(self) -> dict:
+        results = {"best_epoch": self.progress.best_epoch, "val_ua": self.progress.best_ua,
+                   "elapsed_s": round(self.progress.elapsed_s, 1), "test_session": self.config.test_session}
+        if self.split["test"]:
+            self.model, _ = load_checkpoint(self.out / "best")
+            self.model.to(self.device)
+            test = self.evaluate(self.split["test"], "test")
+            results["test"] = test.to_dict()
+            tqdm.write(f"test ({self.config.test_session}, best epoch {self.progress.best_epoch}): "
+                       f"WA {test.wa:.3f}  UA {test.ua:.3f}\n{test.table()}")
+        (self.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        return results
+
+    # ----- checkpoints ----------------------------------------------------------------------------------------
+    def _save_atomic(self, target: Path, with_optimizer: bool) -> None:
+        """Write a checkpoint next to ``target`` and swap it in, so an interruption never leaves a half-written one."""
+        staging = target.with_name(target.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        save_checkpoint(self.model, staging, self.tokenizer_path,
+                        extra={"progress": asdict(self.progress), "labels": self.labels})
+        if with_optimizer:
+            _save_optimizer(self.optimizer, staging / OPTIMIZER_NAME)
+            (staging / STATE_NAME).write_text(json.dumps(asdict(self.progress), indent=2) + "\n")
+        old = target.with_name(target.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _restore(self) -> None:
+        last = self.out / "last"
+        self.progress = Progress(**json.loads((last / STATE_NAME).read_text()))
+        _load_optimizer(self.optimizer, last / OPTIMIZER_NAME, self.device)
+        tqdm.write(f"resuming at epoch {self.progress.epoch + 1}, batch {self.progress.batch_in_epoch} "
+                   f"(best validation UA so far {self.progress.best_ua:.3f})")
+
+
+def predict(model: MMER, utterances: list[Utterance], labels: list[str], collate: Collator, max_samples: int,
+            batch_size: int, device: torch.device, desc: str = "predict") -> tuple[list[int], list[int]]:
+    """Class indices (true, predicted) for utterances, batched by length; order follows ``utterances``."""
+    if not utterances:
+        raise ValueError(f"{desc}: no utterances to score")
+    model.eval()
+    dataset = UtteranceDataset(utterances, labels, max_samples, augment=False)
+    lengths = dataset.audio_lengths()
+    order = sorted(range(len(dataset)), key=lengths.__getitem__)
+    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate)
+    predicted = [0] * len(dataset)
+    for indices, batch in zip(batches, tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)):
+        out = model(batch["input_values"].to(device), batch["sample_mask"].to(device),
+                    batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        for i, p in zip(indices, out.logits.argmax(-1).tolist()):
+            predicted[i] = p
+    return list(dataset.label_ids), predicted
+
+
+def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = optimizer.state_dict()
+    tensors = {f"state.{param}.{key}": value.detach().contiguous().cpu()
+               for param, entries in state["state"].items() for key, value in entries.items()
+               if torch.is_tensor(value)}
+    save_file(tensors, str(path), metadata={"param_groups": json.dumps(state["param_groups"])})
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path, device: torch.device) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        param_groups = json.loads(handle.metadata()["param_groups"])
+        state: dict[int, dict] = {}
+        for name in handle.keys():
+            _, param, key = name.split(".", 2)
+            state.setdefault(int(param), {})[key] = handle.get_tensor(name)
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+    for entries in optimizer.state.values():
+        for key, value in entries.items():
+            if torch.is_tensor(value) and key != "step":
+                entries[key] = value.to(device)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    config = parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    return Trainer(config).fit()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
