@@ -1,0 +1,153 @@
+"""The three exported graphs as torch modules with plain tensor inputs and outputs, and their tracing to ONNX.
+
+Each wrapper's forward takes and returns exactly the tensors named in mmer_rt.modeldir's graph contract, so the
+ONNX input and output names come from there and nowhere else.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from mmer_rt.modeldir import (
+    AUDIO_INPUTS, AUDIO_OUTPUTS, FUSION_INPUTS, FUSION_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUTS,
+)
+from training.model import MMER
+
+# The legacy TorchScript exporter, chosen by measurement (export/DESIGN.md): onnxruntime's transformer optimizer
+# fuses Attention only on its graphs; on dynamo graphs it fused none.
+OPSET = 17
+
+
+class AudioGraph(nn.Module):
+    """Audio encoder plus CTC head: (input_values, sample_mask) -> (hidden_states, frame_mask, ctc_logits)."""
+
+    def __init__(self, model: MMER):
+        super().__init__()
+        self.audio_encoder = model.audio_encoder
+        self.ctc_head = model.ctc_head  # applied without its training-time dropout
+
+    def forward(self, input_values: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        hidden_states, frame_mask = self.audio_encoder(input_values, sample_mask)
+        return hidden_states, frame_mask, self.ctc_head(hidden_states)
+
+
+class TextGraph(nn.Module):
+    """Text encoder: (input_ids, attention_mask) -> token_embeddings."""
+
+    def __init__(self, model: MMER):
+        super().__init__()
+        self.text_encoder = model.text_encoder
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.text_encoder(input_ids, attention_mask)
+
+
+class FusionGraph(nn.Module):
+    """Fusion block: (hidden_states, frame_mask, token_embeddings, attention_mask) -> logits."""
+
+    def __init__(self, model: MMER):
+        super().__init__()
+        self.fusion = model.fusion
+
+    def forward(self, hidden_states: Tensor, frame_mask: Tensor, token_embeddings: Tensor,
+                attention_mask: Tensor) -> Tensor:
+        logits, _ = self.fusion(hidden_states, frame_mask, token_embeddings, attention_mask)
+        return logits
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """How one graph is traced: its wrapper class, its I/O names and which axes of each are dynamic."""
+
+    name: str
+    wrapper: type[nn.Module]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    dynamic_axes: dict[str, dict[int, str]]
+
+
+GRAPH_SPECS = (
+    GraphSpec("audio_encoder", AudioGraph, AUDIO_INPUTS, AUDIO_OUTPUTS, {
+        "input_values": {0: "batch", 1: "samples"}, "sample_mask": {0: "batch", 1: "samples"},
+        "hidden_states": {0: "batch", 1: "frames"}, "frame_mask": {0: "batch", 1: "frames"},
+        "ctc_logits": {0: "batch", 1: "frames"},
+    }),
+    GraphSpec("text_encoder", TextGraph, TEXT_INPUTS, TEXT_OUTPUTS, {
+        "input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+        "token_embeddings": {0: "batch", 1: "tokens"},
+    }),
+    GraphSpec("fusion", FusionGraph, FUSION_INPUTS, FUSION_OUTPUTS, {
+        "hidden_states": {0: "batch", 1: "frames"}, "frame_mask": {0: "batch", 1: "frames"},
+        "token_embeddings": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+        "logits": {0: "batch"},
+    }),
+)
+
+
+def exportable_copy(model: MMER) -> MMER:
+    """A copy ready for tracing: eval mode, eager attention, weight-norm parametrisations folded into weights.
+
+    Eager attention traces to the MatMul/Softmax pattern that onnxruntime's Attention fusion recognises; the
+    folded positional-convolution weight becomes a plain initializer instead of a norm computed on every run.
+    The copy is rebuilt from the config, not ``copy.deepcopy``-ed: a deep copy shares the class torch injects
+    into a parametrised module, and removing the parametrisation from the copy deletes that class's ``weight``
+    property, breaking the caller's model (seen with torch 2.13).
+    """
+    export_model = MMER.from_config(model.config, load_pretrained=False)
+    export_model.load_state_dict(model.state_dict())
+    export_model.eval().set_attn_implementation("eager")
+    for module in list(export_model.modules()):
+        if parametrize.is_parametrized(module):
+            for tensor_name in list(module.parametrizations.keys()):
+                parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+    return export_model
+
+
+def export_graph(model: MMER, spec: GraphSpec, example_inputs: tuple[Tensor, ...], path: Path) -> Path:
+    """Trace ``spec``'s wrapper around an exportable copy of ``model`` to the ONNX file ``path``."""
+    wrapper = spec.wrapper(model).eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        # The legacy exporter warns that it is deprecated and about traced shape arithmetic; neither applies to
+        # these graphs, whose dynamic axes are verified by the batch-invariance tests.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            wrapper, example_inputs, str(path), input_names=list(spec.inputs), output_names=list(spec.outputs),
+            dynamic_axes=spec.dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True,
+        )
+    return path
+
+
+def example_inputs(model: MMER) -> dict[str, tuple[Tensor, ...]]:
+    """Small padded inputs for tracing each graph (two rows of different lengths, so no axis traces as constant)."""
+    frames_per_row = (6, 4)
+    samples = [_samples_for_frames(model, frames) for frames in frames_per_row]
+    sample_mask = torch.zeros(2, max(samples), dtype=torch.long)
+    for row, count in enumerate(samples):
+        sample_mask[row, :count] = 1
+    input_values = torch.randn(sample_mask.shape, generator=torch.Generator().manual_seed(0)) * sample_mask
+    input_ids = torch.tensor([[0, 5, 6, 7, 2], [0, 5, 2, 1, 1]])
+    pad_id = model.config.text.get("pad_token_id", 1)
+    input_ids[1, 3:] = pad_id
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        hidden_states, frame_mask, _ = AudioGraph(model)(input_values, sample_mask)
+        token_embeddings = TextGraph(model)(input_ids, attention_mask)
+    return {
+        "audio_encoder": (input_values, sample_mask),
+        "text_encoder": (input_ids, attention_mask),
+        "fusion": (hidden_states, frame_mask, token_embeddings, attention_mask),
+    }
+
+
+def _samples_for_frames(model: MMER, frames: int) -> int:
+    """The fewest samples that give the audio encoder ``frames`` output frames."""
+    samples = frames
+    for kernel, stride in reversed(list(zip(model.config.audio["conv_kernel"], model.config.audio["conv_stride"]))):
+        samples = (samples - 1) * stride + kernel
+    return samples

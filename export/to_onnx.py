@@ -1,0 +1,290 @@
+"""``python -m export.to_onnx CHECKPOINT_DIR --out MODEL_DIR``: a training checkpoint to a checked model directory.
+
+Steps: load the checkpoint; trace the audio encoder (with its CTC head), the text encoder and the fusion block
+with the legacy exporter; fuse the encoders with onnxruntime's transformer optimizer; derive the fp16 and int8
+variants; measure each variant against the PyTorch fp32 model on a probe set; write graphs, tokenizer and
+manifest. Everything is built in a hidden staging directory beside MODEL_DIR and moved into place only after
+every variant passed its parity check, so a failed export leaves no half-written model directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import onnx
+
+import mmer_rt
+from mmer_rt.audio import SAMPLE_RATE
+from mmer_rt.modeldir import (
+    GRAPH_NAMES, PRECISIONS, TOKENIZER_NAME, GraphEntry, ModelManifest, VariantEntry, sha256_file,
+)
+from mmer_rt.text import CTC_VOCAB, TEXT_CLEANING_RULE
+from training.model import MMER
+
+from . import graphs, parity, precision
+from .errors import ExportError
+from .optimize import optimize_encoder
+
+ENCODERS = {"audio_encoder": "audio", "text_encoder": "text"}  # graph name -> MMERConfig field of its encoder
+# Text encoders whose position ids start after the pad id (RoBERTa's convention), which costs pad_id + 1 slots.
+_PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert"}
+
+
+class _Steps:
+    """Numbered step logging with timings: the export's progress display."""
+
+    def __init__(self, total: int, log: Callable[[str], None]):
+        self.total, self.done, self.log = total, 0, log
+
+    def run(self, title: str, action: Callable, *args):
+        self.done += 1
+        started = time.perf_counter()
+        self.log(f"[{self.done}/{self.total}] {title} ...")
+        result = action(*args)
+        self.log(f"[{self.done}/{self.total}] {title}: {time.perf_counter() - started:.1f} s")
+        return result
+
+
+def export_model_dir(
+    checkpoint_dir: str | Path,
+    out_dir: str | Path,
+    precisions: Sequence[str] = PRECISIONS,
+    force: bool = False,
+    tolerances: dict[str, float] | None = None,
+    log: Callable[[str], None] = print,
+) -> ModelManifest:
+    """Export a checkpoint to the model directory ``out_dir``; returns the manifest written there.
+
+    Raises:
+      training.checkpoint.CheckpointError: the checkpoint is missing, unreadable or of another format.
+      ExportError: ``out_dir`` is a non-empty directory and ``force`` is False, or an option is invalid.
+      ParityError: a variant differs from the PyTorch fp32 model by more than its tolerance.
+    """
+    from training.checkpoint import load_checkpoint
+
+    precisions = _check_precisions(precisions)
+    tolerances = {**parity.TOLERANCES, **(tolerances or {})}
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, force)
+    steps = _Steps(4 + 2 * len(precisions), log)
+    model, tokenizer_path = steps.run(f"loading checkpoint {checkpoint_dir}", load_checkpoint, checkpoint_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        manifest = _build(model, tokenizer_path, staging, precisions, tolerances, steps)
+        _publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _build(model: MMER, tokenizer_path: Path, staging: Path, precisions: list[str],
+           tolerances: dict[str, float], steps: _Steps) -> ModelManifest:
+    traced = staging / ".traced"
+    traced.mkdir()
+    fp32 = staging / "fp32"
+    fp32.mkdir()
+    steps.run("tracing the three graphs (torch.onnx legacy exporter)", _trace, model, traced)
+    fused = steps.run("fusing the encoders (onnxruntime transformer optimizer)", _fuse, model, traced, fp32)
+    probes = parity.make_probes(tokenizer_path, SAMPLE_RATE, model.config.max_audio_samples)
+    reference = steps.run("running the PyTorch fp32 reference on the probes", parity.reference_outputs, model, probes)
+    variants = {}
+    for name in precisions:
+        folder = steps.run(f"building the {name} graphs", _build_variant, name, fp32, staging)
+        variants[name] = steps.run(f"measuring {name} parity", _measure_variant, name, folder, staging, probes,
+                                   reference, tolerances[name])
+    shutil.rmtree(traced)
+    if "fp32" not in precisions:
+        shutil.rmtree(fp32)
+    shutil.copyfile(tokenizer_path, staging / TOKENIZER_NAME)
+    manifest = _manifest(model, variants, fused, probes.description)
+    manifest.write(staging)
+    return manifest
+
+
+def _trace(model: MMER, folder: Path) -> None:
+    export_model = graphs.exportable_copy(model)
+    examples = graphs.example_inputs(export_model)
+    for spec in graphs.GRAPH_SPECS:
+        graphs.export_graph(export_model, spec, examples[spec.name], folder / f"{spec.name}.onnx")
+
+
+def _fuse(model: MMER, traced: Path, fp32: Path) -> dict[str, dict[str, int]]:
+    counts = {}
+    for graph_name, config_field in ENCODERS.items():
+        config = getattr(model.config, config_field)
+        counts[graph_name] = optimize_encoder(
+            traced / f"{graph_name}.onnx", fp32 / f"{graph_name}.onnx",
+            num_heads=config["num_attention_heads"], hidden_size=config["hidden_size"],
+        )
+    # The fusion block is not a BERT stack; onnxruntime's own session-time optimisations are all it needs.
+    shutil.copyfile(traced / "fusion.onnx", fp32 / "fusion.onnx")
+    return counts
+
+
+def _build_variant(name: str, fp32: Path, staging: Path) -> Path:
+    if name == "fp32":
+        return fp32
+    folder = staging / name
+    folder.mkdir()
+    convert = precision.to_fp16 if name == "fp16" else precision.to_int8
+    for graph_name in GRAPH_NAMES:
+        convert(fp32 / f"{graph_name}.onnx", folder / f"{graph_name}.onnx")
+    return folder
+
+
+def _measure_variant(name: str, folder: Path, staging: Path, probes: parity.Probes, reference: dict,
+                     tolerance: float) -> VariantEntry:
+    sessions, provider = _open_sessions(folder, prefer_cuda=name == "fp16")
+    report = parity.compare(reference, parity.run_graphs(sessions, probes))
+    report.update(tolerance_probability=tolerance, provider=provider)
+    parity.check_tolerance(name, report, tolerance)
+    entries = {}
+    for graph_name in GRAPH_NAMES:
+        path = folder / f"{graph_name}.onnx"
+        entries[graph_name] = GraphEntry(
+            file=path.relative_to(staging).as_posix(), sha256=sha256_file(path), opset=_opset(path),
+        )
+    return VariantEntry(precision=name, graphs=entries, parity=report)
+
+
+def _open_sessions(folder: Path, prefer_cuda: bool) -> tuple[dict, str]:
+    """onnxruntime sessions for a variant's three graphs, and the execution provider that actually runs them.
+
+    fp16 is measured on CUDA where there is one; elsewhere on the CPU provider (correct there, only slow).
+    """
+    import onnxruntime
+
+    providers = ["CPUExecutionProvider"]
+    if prefer_cuda and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    sessions = {
+        name: onnxruntime.InferenceSession(str(folder / f"{name}.onnx"), providers=providers)
+        for name in GRAPH_NAMES
+    }
+    # A CUDA provider that failed to load falls back silently; report the one each session really uses.
+    used = {session.get_providers()[0] for session in sessions.values()}
+    return sessions, "+".join(sorted(used))
+
+
+def _opset(path: Path) -> int:
+    model = onnx.load(str(path), load_external_data=False)
+    return next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+def _manifest(model: MMER, variants: dict[str, VariantEntry], fused: dict, probe_description: str) -> ModelManifest:
+    return ModelManifest(
+        labels=list(model.config.labels),
+        sample_rate=SAMPLE_RATE,
+        max_audio_samples=model.config.max_audio_samples,
+        ctc_vocab=list(CTC_VOCAB),
+        text_cleaning=TEXT_CLEANING_RULE,
+        tokenizer=TOKENIZER_NAME,
+        variants=variants,
+        versions=_versions(),
+        extra={
+            "max_text_tokens": _max_text_tokens(model.config.text),
+            "exporter": f"torch.onnx.export (TorchScript, dynamo=False), opset {graphs.OPSET}",
+            "fused_ops": fused,
+            "parity_probes": probe_description,
+        },
+    )
+
+
+def _max_text_tokens(text_config: dict) -> int:
+    positions = int(text_config["max_position_embeddings"])
+    if text_config.get("model_type") in _PADDING_OFFSET_POSITIONS:
+        positions -= int(text_config.get("pad_token_id", 1)) + 1
+    return positions
+
+
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import torch
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "mmer_rt": mmer_rt.__version__}
+
+
+def _check_precisions(precisions: Sequence[str]) -> list[str]:
+    chosen = [p for p in PRECISIONS if p in precisions]  # the manifest lists variants in a fixed order
+    unknown = sorted(set(precisions) - set(PRECISIONS))
+    if unknown or not chosen:
+        raise ExportError(f"--precision takes a comma-separated subset of {','.join(PRECISIONS)}; got "
+                          f"{','.join(precisions) or 'nothing'}")
+    return chosen
+
+
+def _check_out_dir(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"--out {out_dir} is a file; give a directory path for the model directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise ExportError(f"--out {out_dir} exists and is not empty; choose another directory, or pass --force "
+                          "to replace it")
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+
+
+def _parse_tolerances(items: Sequence[str]) -> dict[str, float]:
+    tolerances = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        try:
+            tolerances[name] = float(value)
+        except ValueError:
+            raise ExportError(f"--tolerance {item!r}: expected PRECISION=NUMBER, for example fp16=0.02") from None
+        if name not in PRECISIONS or not tolerances[name] > 0:
+            raise ExportError(f"--tolerance {item!r}: the precision must be one of {', '.join(PRECISIONS)} "
+                              "and the tolerance a positive number")
+    return tolerances
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m export.to_onnx",
+        description="Export an MMER training checkpoint to an mmer-rt model directory (ONNX graphs, tokenizer, "
+                    "manifest with a parity report against the PyTorch model).",
+    )
+    parser.add_argument("checkpoint", type=Path, help="checkpoint directory written by training")
+    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
+    parser.add_argument("--precision", default=",".join(PRECISIONS),
+                        help="comma-separated variants to write (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists and is not empty")
+    parser.add_argument("--tolerance", action="append", default=[], metavar="PRECISION=MAX",
+                        help="override a variant's max |delta probability| against PyTorch fp32 (defaults: "
+                             + ", ".join(f"{k}={v:g}" for k, v in parity.TOLERANCES.items()) + ")")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731 - stdout stays for data
+    try:
+        precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+        manifest = export_model_dir(args.checkpoint, args.out, precisions, args.force,
+                                    _parse_tolerances(args.tolerance), log)
+    except mmer_rt.MMERError as error:
+        log(f"error: {error}")
+        return 1
+    for name, variant in manifest.variants.items():
+        report = variant.parity
+        log(f"{name}: max |delta probability| {report['max_abs_probability']:.2e}, max |delta logit| "
+            f"{report['max_abs_logit']:.2e}, top-1 agreement {report['top1_agreement']:.0%} ({report['provider']})")
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""python -m export.to_onnx on a tiny checkpoint: the model directory, its graphs, parity, safety and errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+
+from export.errors import ExportError, ParityError
+from export.parity import Probes, make_probes, run_graphs
+from export.to_onnx import export_model_dir, main
+from mmer_rt.audio import pad_batch
+from mmer_rt.modeldir import (
+    AUDIO_INPUTS, AUDIO_OUTPUTS, FUSION_INPUTS, FUSION_OUTPUTS, GRAPH_NAMES, PRECISIONS, TEXT_INPUTS, TEXT_OUTPUTS,
+    ModelManifest, verified_graph_path,
+)
+from mmer_rt.text import TextTokenizer
+from training.checkpoint import CheckpointError, save_checkpoint
+from training.model import MMER, tiny_config
+
+CONTRACT = {
+    "audio_encoder": (AUDIO_INPUTS, AUDIO_OUTPUTS),
+    "text_encoder": (TEXT_INPUTS, TEXT_OUTPUTS),
+    "fusion": (FUSION_INPUTS, FUSION_OUTPUTS),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_tokenizer_path) -> Path:
+    torch.manual_seed(0)
+    config = dataclasses.replace(tiny_config(), max_audio_samples=16_000)
+    model = MMER.from_config(config).eval()
+    return save_checkpoint(model, tmp_path_factory.mktemp("export") / "checkpoint", tiny_tokenizer_path)
+
+
+@pytest.fixture(scope="module")
+def model_dir(checkpoint) -> Path:
+    out = checkpoint.parent / "model"
+    export_model_dir(checkpoint, out, log=lambda message: None)
+    return out
+
+
+def _sessions(model_dir: Path, manifest: ModelManifest, precision: str) -> dict:
+    return {
+        name: onnxruntime.InferenceSession(
+            str(verified_graph_path(model_dir, entry)), providers=["CPUExecutionProvider"])
+        for name, entry in manifest.variants[precision].graphs.items()
+    }
+
+
+def test_model_dir_holds_every_variant_with_the_graph_contract(model_dir):
+    manifest = ModelManifest.read(model_dir)
+    assert list(manifest.variants) == list(PRECISIONS)
+    assert (model_dir / manifest.tokenizer).is_file()
+    assert set(manifest.versions) >= {"torch", "transformers", "onnx", "onnxruntime"}
+    assert manifest.max_audio_samples == 16_000 and manifest.extra["max_text_tokens"] == 128
+    for precision in PRECISIONS:
+        for name, session in _sessions(model_dir, manifest, precision).items():
+            inputs, outputs = CONTRACT[name]
+            assert [i.name for i in session.get_inputs()] == list(inputs)
+            assert [o.name for o in session.get_outputs()] == list(outputs)
+            assert manifest.variants[precision].graphs[name].opset == 17
+    assert not list(model_dir.rglob(".traced")) and not list(model_dir.parent.glob(".model.partial-*"))
+
+
+def test_manifest_records_parity_within_tolerance_for_every_variant(model_dir):
+    manifest = ModelManifest.read(model_dir)
+    for precision, variant in manifest.variants.items():
+        report = variant.parity
+        assert report["provider"] == "CPUExecutionProvider"
+        assert report["max_abs_probability"] <= report["tolerance_probability"]
+        assert report["frame_mask_equal"] and 0.0 <= report["top1_agreement"] <= 1.0
+    assert manifest.variants["fp32"].parity["max_abs_probability"] <= 1e-4
+    assert manifest.variants["fp32"].parity["tolerance_probability"] == 1e-4
+
+
+def test_manifest_records_the_fused_operators(model_dir):
+    fused = ModelManifest.read(model_dir).extra["fused_ops"]
+    assert fused["text_encoder"] == {"Attention": 2, "SkipLayerNormalization": 4, "BiasGelu": 2}
+    assert fused["audio_encoder"]["SkipLayerNormalization"] == 5 and fused["audio_encoder"]["BiasGelu"] == 2
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_padded_batch_matches_each_utterance_alone(model_dir, tiny_tokenizer_path, precision):
+    manifest = ModelManifest.read(model_dir)
+    sessions = _sessions(model_dir, manifest, precision)
+    rng = np.random.default_rng(1)
+    waves = [rng.standard_normal(n).astype(np.float32) for n in (3000, 16_000, 7000)]
+    texts = ["hello", "excuse me where is the station", "we lost the house and everything"]
+    tokenizer = TextTokenizer(tiny_tokenizer_path)
+
+    def logits(rows: list[int]) -> np.ndarray:
+        values, mask = pad_batch([waves[r] for r in rows])
+        encoded = tokenizer.encode_batch([texts[r] for r in rows])
+        probes = Probes(values, mask, encoded.input_ids, encoded.attention_mask, "")
+        return run_graphs(sessions, probes)["logits"]
+
+    batched = logits([0, 1, 2])
+    alone = np.concatenate([logits([row]) for row in range(3)])
+    assert np.abs(batched - alone).max() < (1e-5 if precision == "fp32" else 2e-3)
+
+
+def test_probes_have_several_lengths_and_loud_clips(tiny_tokenizer_path):
+    probes = make_probes(tiny_tokenizer_path, 16_000, max_samples=200_000)
+    lengths = probes.sample_mask.sum(-1)
+    assert len(set(lengths.tolist())) == len(lengths) >= 5
+    assert lengths.max() == 48_000  # capped at 3 s
+    assert probes.attention_mask.sum(-1).min() >= 3  # <s>, at least one word, </s>
+
+
+def test_same_checkpoint_gives_same_graph_hashes(checkpoint, model_dir):
+    again = checkpoint.parent / "model_again"
+    export_model_dir(checkpoint, again, log=lambda message: None)
+    first, second = ModelManifest.read(model_dir), ModelManifest.read(again)
+    for precision in PRECISIONS:
+        for name in GRAPH_NAMES:
+            assert first.variants[precision].graphs[name].sha256 == second.variants[precision].graphs[name].sha256
+
+
+def test_non_empty_out_dir_needs_force(checkpoint, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not empty.*--force"):
+        export_model_dir(checkpoint, out, precisions=["fp32"], log=lambda message: None)
+    assert (out / "notes.txt").read_text() == "mine"
+    export_model_dir(checkpoint, out, precisions=["fp32"], force=True, log=lambda message: None)
+    assert not (out / "notes.txt").exists()
+    assert list(ModelManifest.read(out).variants) == ["fp32"]
+
+
+def test_exceeding_a_tolerance_stops_the_export_and_writes_nothing(checkpoint, tmp_path):
+    out = tmp_path / "model"
+    with pytest.raises(ParityError, match="int8 variant"):
+        export_model_dir(checkpoint, out, precisions=["fp32", "int8"], tolerances={"int8": 1e-9},
+                         log=lambda message: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_writes_model_dir(checkpoint, tmp_path, capsys):
+    out = tmp_path / "model"
+    assert main([str(checkpoint), "--out", str(out), "--precision", "int8"]) == 0
+    assert list(ModelManifest.read(out).variants) == ["int8"]
+    assert "int8: max |delta probability|" in capsys.readouterr().err
+
+
+def _foreign_checkpoint(path: Path) -> Path:
+    path.mkdir()
+    for name in ("model.safetensors", "tokenizer.json"):
+        (path / name).write_text("{}")
+    (path / "config.json").write_text(json.dumps({"format": "something-else"}))
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: tmp / "missing", "checkpoint directory not found"),
+    (lambda tmp: _foreign_checkpoint(tmp / "foreign"), "not an MMER checkpoint"),
+])
+def test_cli_reports_bad_checkpoints_without_traceback(tmp_path, capsys, make, message):
+    out = tmp_path / "model"
+    assert main([str(make(tmp_path)), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".model.partial-*"))
+
+
+def test_damaged_weights_raise_checkpoint_error(checkpoint, tmp_path):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for item in checkpoint.iterdir():
+        (damaged / item.name).write_bytes(item.read_bytes())
+    (damaged / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        export_model_dir(damaged, tmp_path / "model", log=lambda message: None)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--precision", "fp8"], "--precision takes"),
+    (["--tolerance", "fp16"], "expected PRECISION=NUMBER"),
+    (["--tolerance", "bf16=0.1"], "must be one of"),
+])
+def test_cli_rejects_bad_options(checkpoint, tmp_path, capsys, argv, message):
+    assert main([str(checkpoint), "--out", str(tmp_path / "model"), *argv]) == 1
+    assert message in capsys.readouterr().err
