@@ -1,0 +1,53 @@
+"""Fixtures for the Recognizer, CLI and lean-runtime tests: a tiny random MMER, its checkpoint and model directory.
+
+The model directory is built once per test session (the first module to ask builds it under pytest's base
+temporary directory, later ones find it there), so that several test modules can share it cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY_MAX_AUDIO_SAMPLES = 8_000  # 0.5 s: small enough that the long-audio policies are cheap to test
+TINY_TEXTS = ("oh wow you came back for me", "leave me alone please", "we lost the house", "okay fine whatever")
+
+
+def build_tiny_model_dir(base: Path) -> tuple[Path, Path]:
+    """(checkpoint directory, model directory with fp32 and int8 variants), built once under ``base``."""
+    checkpoint, model_dir = base / "tiny_checkpoint", base / "tiny_model"
+    if (model_dir / "mmer.json").is_file():
+        return checkpoint, model_dir
+    import torch
+
+    from export.to_onnx import export_model_dir
+    from training.checkpoint import save_checkpoint
+    from training.model import MMER, tiny_config
+    from training.tokenizer import build_tokenizer
+
+    torch.manual_seed(0)
+    config = dataclasses.replace(tiny_config(), max_audio_samples=TINY_MAX_AUDIO_SAMPLES)
+    model = MMER.from_config(config).eval()
+    tokenizer = build_tokenizer(TINY_TEXTS * 4, 320, base / "tokenizer" / "tokenizer.json")
+    save_checkpoint(model, checkpoint, tokenizer)
+    export_model_dir(checkpoint, model_dir, precisions=("fp32", "int8"), log=lambda line: None)
+    return checkpoint, model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint directory, model directory) of the shared tiny MMER."""
+    return build_tiny_model_dir(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model) -> Path:
+    """The shared tiny model directory (fp32 and int8); tests that change it work on a copy."""
+    return tiny_model[1]
+
+
+def noise(samples: int, seed: int = 0, amplitude: float = 0.1) -> np.ndarray:
+    return (amplitude * np.random.default_rng(seed).standard_normal(samples)).astype(np.float32)
