@@ -12,7 +12,7 @@ import soundfile
 import mmer_rt.cli
 from mmer_rt import Recognizer
 from mmer_rt.cli import main
-from test_recognizer_fixtures import TINY_MAX_AUDIO_SAMPLES, noise, tiny_model, tiny_model_dir  # noqa: F401
+from test_recognizer_fixtures import TINY_MAX_AUDIO_SAMPLES, noise, tiny_export, tiny_model_dir  # noqa: F401
 
 RATE = 16_000
 

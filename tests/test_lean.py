@@ -8,7 +8,7 @@ import textwrap
 import tomllib
 from pathlib import Path
 
-from test_recognizer_fixtures import tiny_model, tiny_model_dir  # noqa: F401
+from test_recognizer_fixtures import tiny_export, tiny_model_dir  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "transformers", "onnx", "onnxscript", "safetensors", "training", "export")

@@ -21,7 +21,7 @@ from mmer_rt.audio import pad_batch
 from mmer_rt.modeldir import MANIFEST_NAME
 from mmer_rt.session import CPU_PROVIDER, CUDA_PROVIDER
 from mmer_rt.text import TextTokenizer, ctc_greedy_decode
-from test_recognizer_fixtures import TINY_MAX_AUDIO_SAMPLES, noise, tiny_model, tiny_model_dir  # noqa: F401
+from test_recognizer_fixtures import TINY_MAX_AUDIO_SAMPLES, noise, tiny_export, tiny_model_dir  # noqa: F401
 
 RATE = 16_000
 LENGTHS = (800, 3_000, 5_555, TINY_MAX_AUDIO_SAMPLES)  # 0.05 s to the longest the model takes
@@ -34,13 +34,13 @@ def recognizer(tiny_model_dir) -> Recognizer:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_model):
+def reference(tiny_export):
     """probabilities(waveforms, texts) -> (probabilities, ctc_logits, frame_mask) from the PyTorch model."""
     import torch
 
     from training.checkpoint import load_checkpoint
 
-    model, tokenizer_path = load_checkpoint(tiny_model[0])
+    model, tokenizer_path = load_checkpoint(tiny_export[0])
     tokenizer = TextTokenizer(tokenizer_path)
 
     def run(waveforms, texts):

@@ -18,7 +18,7 @@ TINY_TEXTS = ("oh wow you came back for me", "leave me alone please", "we lost t
 
 def build_tiny_model_dir(base: Path) -> tuple[Path, Path]:
     """(checkpoint directory, model directory with fp32 and int8 variants), built once under ``base``."""
-    checkpoint, model_dir = base / "tiny_checkpoint", base / "tiny_model"
+    checkpoint, model_dir = base / "tiny_checkpoint", base / "tiny_export"
     if (model_dir / "mmer.json").is_file():
         return checkpoint, model_dir
     import torch
@@ -38,15 +38,15 @@ def build_tiny_model_dir(base: Path) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> tuple[Path, Path]:
+def tiny_export(tmp_path_factory) -> tuple[Path, Path]:
     """(checkpoint directory, model directory) of the shared tiny MMER."""
     return build_tiny_model_dir(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tiny_model) -> Path:
+def tiny_model_dir(tiny_export) -> Path:
     """The shared tiny model directory (fp32 and int8); tests that change it work on a copy."""
-    return tiny_model[1]
+    return tiny_export[1]
 
 
 def noise(samples: int, seed: int = 0, amplitude: float = 0.1) -> np.ndarray:
