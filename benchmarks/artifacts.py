@@ -109,7 +109,7 @@ class Artifacts:
         if not set(precisions) <= have:
             wanted = ",".join(sorted(set(precisions) | have))
             command = [sys.executable, "-m", "export.to_onnx", str(self.checkpoint()), "--out", str(path),
-                       "--precision", wanted]
+                       "--precision", wanted, "--force"]  # --force: replace the cached export that lacked one
             subprocess.run(command, check=True, cwd=REPO_ROOT)
         return path
 

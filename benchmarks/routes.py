@@ -34,6 +34,7 @@ class Route:
 
     name: str
     device: str
+    precision: str  # fp32, fp16 (autocast or graphs) or int8
     run: Callable[[Workload], np.ndarray]
 
 
@@ -65,7 +66,8 @@ def _torch_route(name, artifacts, threads, attention, device, autocast) -> Route
     reference = TorchReference(artifacts.load_torch_model(), attention, device,
                                getattr(torch, autocast) if autocast else None)
     tokenizer = artifacts.tokenizer()
-    return Route(name, device, lambda workload: reference.probabilities(reference.prepare(workload, tokenizer)))
+    return Route(name, device, "fp16" if autocast else "fp32",
+                 lambda workload: reference.probabilities(reference.prepare(workload, tokenizer)))
 
 
 def _recognizer_route(name, artifacts, threads, precision, device) -> Route:
@@ -87,7 +89,7 @@ def _recognizer_route(name, artifacts, threads, precision, device) -> Route:
         predictions = recognizer.predict_batch(items, sample_rate=SAMPLE_RATE)
         return np.array([[p.scores[label] for label in recognizer.labels] for p in predictions])
 
-    return Route(name, device, run)
+    return Route(name, device, precision, run)
 
 
 def _peer_route(name, artifacts, threads, precision) -> Route:
@@ -113,7 +115,7 @@ def _peer_route(name, artifacts, threads, precision) -> Route:
                                          "attention_mask": encoded.attention_mask})[0]
         return _softmax(logits)
 
-    return Route(name, "cpu", run)
+    return Route(name, "cpu", precision, run)
 
 
 def _frame_mask(audio_config: dict, sample_lengths: list[int], width: int) -> np.ndarray:

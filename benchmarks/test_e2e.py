@@ -24,15 +24,15 @@ def test_end_to_end(benchmark, bench, case):
     benchmark.pedantic(route.run, args=(workload,), rounds=rounds_for(warm_up_seconds, bench.settings),
                        iterations=1)
 
-    times = list(benchmark.stats.stats.data)
-    precision = route_name.rsplit("-", 1)[-1] if route_name.endswith(("fp16", "int8")) else "fp32"
+    # With --benchmark-disable pytest-benchmark makes one untimed call and keeps no stats: report the warm-up's.
+    times = list(benchmark.stats.stats.data) if benchmark.stats else [warm_up_seconds]
     benchmark.extra_info.update(
-        route=route_name, device=route.device, precision=precision, clip_seconds=clip_seconds,
+        route=route_name, device=route.device, precision=route.precision, clip_seconds=clip_seconds,
         batch_size=batch_size, threads=bench.settings.threads, audio_seconds=round(workload.audio_seconds, 3),
         tokens_mean=float(sum(bench.token_counts(workload)) / batch_size),
         **latency_figures(times, workload),
         **flop_figures(bench.artifacts.config(), workload, bench.token_counts(workload),
-                       statistics.median(times), bench.peak_for(route.device, precision)),
+                       statistics.median(times), bench.peak_for(route.device, route.precision)),
         **parity_figures(probabilities, reference),
         **bench.memory(route_name, workload),
     )
