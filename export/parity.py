@@ -22,8 +22,8 @@ from .errors import ParityError
 # models (export/DESIGN.md), tight enough that a broken conversion (NaN, an overflow, a lost mask) fails.
 TOLERANCES = {"fp32": 1e-4, "fp16": 2e-2, "int8": 5e-2}
 
-# Probe lengths as fractions of the longest probe: 3 s, or the model's maximum audio length if shorter.
-PROBE_SECONDS = 3.0
+# Probe lengths as fractions of the longest probe: 2 s, or the model's maximum audio length if shorter.
+PROBE_SECONDS = 2.0
 PROBE_FRACTIONS = (0.2, 0.45, 0.7, 1.0)  # ordinary clips of several lengths
 LOUD_PROBE_FRACTIONS = (0.33, 0.85)  # near full-scale clips, clipped at +-1 like an overdriven recording
 
