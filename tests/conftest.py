@@ -83,3 +83,11 @@ def tiny_batch(make_tiny_batch) -> dict:
     """Three utterances of 1600, 900 and 1234 samples (10 to 20 tiny frames) with different token counts."""
     return make_tiny_batch()
 
+
+
+@pytest.fixture(scope="session")
+def synthetic_corpus(tmp_path_factory) -> Path:
+    """The manifest of a small espeak-ng corpus: 6 voices in 3 sessions, 2 clips per emotion per voice (48 clips)."""
+    from training.synth import synthesize_corpus
+
+    return synthesize_corpus(tmp_path_factory.mktemp("corpus"), seed=0, voices=6, per_class=2)

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmer_rt.corpus import Utterance, read_manifest
+from mmer_rt.errors import MMERError
 from mmer_rt.text import TextTokenizer
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -255,6 +256,8 @@ class Trainer:
 
     def _train_epoch(self, epoch: int, started: float) -> float:
         self.model.train()
+        # Seeded per epoch, so a run resumed at an epoch boundary draws the same dropout masks as an unbroken one.
+        torch.manual_seed(self.config.seed * 1000 + epoch)
         self.train_set.set_epoch(epoch)
         batches = length_bucketed_batches(self._train_lengths(), self.config.batch_size,
                                           seed=self.config.seed * 1000 + epoch)
@@ -395,8 +398,10 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path, device: torch.
 
 def main(argv: list[str] | None = None) -> dict:
     config = parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    return Trainer(config).fit()
+    try:
+        return Trainer(config).fit()
+    except MMERError as error:
+        raise SystemExit(f"error: {error}") from error
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+"""Score a checkpoint on a manifest: WA (overall accuracy), UA (mean per-class recall) and the confusion matrix.
+
+    python -m training.evaluate runs/fold1/best --manifest corpus/manifest.jsonl --session Session5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from mmer_rt.corpus import read_manifest
+from mmer_rt.errors import CorpusError, MMERError
+from mmer_rt.text import TextTokenizer
+
+from .checkpoint import load_checkpoint
+from .data import Collator
+from .metrics import Scores, score
+from .train import choose_device, predict
+
+
+def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, sessions=(), speakers=(),
+                        batch_size: int = 8, device: str = "auto") -> Scores:
+    """Score ``checkpoint`` on the manifest's utterances, optionally only those of some sessions or speakers."""
+    model, tokenizer_path = load_checkpoint(checkpoint)
+    labels = list(model.config.labels)
+    utterances = read_manifest(manifest, labels=labels)
+    if sessions:
+        utterances = [u for u in utterances if u.session in set(sessions)]
+    if speakers:
+        utterances = [u for u in utterances if u.speaker in set(speakers)]
+    if not utterances:
+        raise CorpusError(f"{manifest}: no utterances match sessions={list(sessions)} speakers={list(speakers)}")
+    torch_device = choose_device(device)
+    model.to(torch_device)
+    with torch.no_grad():
+        y_true, y_pred = predict(model, utterances, labels, Collator(TextTokenizer(tokenizer_path)),
+                                 model.config.max_audio_samples, batch_size, torch_device, "evaluate")
+    return score(y_true, y_pred, labels)
+
+
+def main(argv: list[str] | None = None) -> Scores:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--session", action="append", default=[], help="keep only this session (repeatable)")
+    parser.add_argument("--speaker", action="append", default=[], help="keep only this speaker (repeatable)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
+    args = parser.parse_args(argv)
+    try:
+        scores = evaluate_checkpoint(args.checkpoint, args.manifest, args.session, args.speaker, args.batch_size,
+                                     args.device)
+    except MMERError as error:
+        raise SystemExit(f"error: {error}") from error
+    print(f"WA {scores.wa:.4f}  UA {scores.ua:.4f}  ({int(scores.confusion.sum())} utterances)")
+    print(scores.table())
+    if args.json:
+        args.json.write_text(json.dumps(scores.to_dict(), indent=2) + "\n")
+    return scores
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
