@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from .batching import BatchBudget
 from .errors import MMERError
-from .modeldir import ModelManifest
+from .modeldir import PRECISIONS, ModelManifest
 from .recognizer import LONG_AUDIO_POLICIES, Prediction, Recognizer, Utterance
 from .session import DEVICES
 
@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.add_argument("--device", choices=DEVICES, default="auto")
-    predict.add_argument("--precision", choices=("auto", "fp32", "fp16", "int8"), default="auto")
+    predict.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto")
     predict.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
     predict.add_argument("--batch-size", type=_positive_int, default=BatchBudget.max_items,
                          help="most clips per batch")
