@@ -213,7 +213,7 @@ class AudioEncoder(nn.Module):
         if not pre_layer_norm:
             hidden_states = encoder.layer_norm(hidden_states)
         hidden_states = encoder.dropout(hidden_states)
-        key_mask = _additive_key_mask(frame_mask, hidden_states.dtype)
+        key_mask = _self_attention_mask(frame_mask, hidden_states.dtype)
         for layer in encoder.layers:
             # LayerDrop (https://arxiv.org/abs/1909.11556) as HF applies it: training only, one draw per layer.
             if self.training and self.config.layerdrop > 0.0 and torch.rand([]) < self.config.layerdrop:
@@ -236,6 +236,15 @@ def _length_mask(lengths: Tensor, width: int) -> Tensor:
 def _additive_key_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
     """(B, K) 1/0 mask -> (B, 1, 1, K) scores to add: 0 on valid keys, MASKED_SCORE on padded ones."""
     return ((1.0 - mask.to(dtype)) * MASKED_SCORE)[:, None, None, :]
+
+
+def _self_attention_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, J) 1/0 mask -> (B, 1, J, J) scores to add: the values of ``_additive_key_mask``, spelled as transformers'
+    own 4-D mask (expand to the query length, invert, masked_fill) because that is the form onnxruntime's Attention
+    fusion recognises; the (B, 1, 1, J) form left every wav2vec2 layer unfused (export/DESIGN.md)."""
+    expanded = mask[:, None, None, :].expand(-1, 1, mask.shape[1], -1).to(dtype)
+    inverted = 1.0 - expanded
+    return inverted.masked_fill(inverted.to(torch.bool), MASKED_SCORE)
 
 
 def _masked_group_norm_conv(layer, waveform: Tensor, sample_lengths: Tensor) -> Tensor:
