@@ -59,6 +59,7 @@ def test_model_dir_holds_every_variant_with_the_graph_contract(model_dir):
     assert (model_dir / manifest.tokenizer).is_file()
     assert set(manifest.versions) >= {"torch", "transformers", "onnx", "onnxruntime"}
     assert manifest.max_audio_samples == 16_000 and manifest.extra["max_text_tokens"] == 128
+    assert manifest.extra["min_audio_samples"] == 60  # tiny front end: kernels (10, 3, 3), strides (5, 4, 4)
     for precision in PRECISIONS:
         for name, session in _sessions(model_dir, manifest, precision).items():
             inputs, outputs = CONTRACT[name]

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The demo: installs what is missing, then synthesises a corpus, trains, exports and recognises held-out voices.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+exec ${PYTHON:-python3} scripts/demo.py "$@"

@@ -1,0 +1,74 @@
+"""Recognise a manifest's utterances with mmer_rt.Recognizer and report UA per precision, and int8's agreement.
+
+    python scripts/recognize_heldout.py MODEL_DIR MANIFEST [--session Session5] [--precision fp32,int8]
+
+Only the runtime is used (mmer_rt: onnxruntime, no torch); the metrics are plain numpy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mmer_rt import Recognizer  # noqa: E402
+from mmer_rt.corpus import read_manifest  # noqa: E402
+from training.metrics import score  # noqa: E402  (numpy only: training/__init__ imports nothing)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("manifest", type=Path)
+    parser.add_argument("--session", action="append", default=[], help="keep only this session (repeatable)")
+    parser.add_argument("--precision", default="fp32,int8")
+    parser.add_argument("--show", type=int, default=6, help="how many predictions to print")
+    parser.add_argument("--json", type=Path, help="write the figures to this file")
+    args = parser.parse_args(argv)
+
+    utterances = read_manifest(args.manifest)
+    if args.session:
+        utterances = [u for u in utterances if u.session in set(args.session)]
+    report: dict = {"utterances": len(utterances), "sessions": args.session}
+    predicted: dict[str, list[str]] = {}
+    for precision in args.precision.split(","):
+        recognizer = Recognizer.from_dir(args.model_dir, device="cpu", precision=precision)
+        labels = recognizer.labels
+        started = time.perf_counter()
+        predictions = recognizer.predict_batch([(str(u.audio), u.text) for u in utterances])
+        seconds = time.perf_counter() - started
+        predicted[precision] = [p.label for p in predictions]
+        scores = score([labels.index(u.label) for u in utterances],
+                       [labels.index(p.label) for p in predictions], labels)
+        audio_s = sum(p.duration for p in predictions)
+        report[precision] = {"wa": scores.wa, "ua": scores.ua, "confusion": scores.confusion.tolist(),
+                             "seconds": round(seconds, 2), "rtfx": round(audio_s / seconds, 1)}
+        print(f"\n{precision}: {len(utterances)} held-out utterances, WA {scores.wa:.3f}  UA {scores.ua:.3f}  "
+              f"({seconds:.1f} s, {audio_s / seconds:.0f}x real time)")
+        print(scores.table())
+    if "fp32" in predicted and "int8" in predicted:
+        same = sum(a == b for a, b in zip(predicted["fp32"], predicted["int8"]))
+        report["int8_top1_agreement"] = same / len(utterances)
+        print(f"\nint8 agrees with fp32 on {same} of {len(utterances)} utterances "
+              f"({100 * same / len(utterances):.1f}% top-1 agreement)")
+
+    recognizer = Recognizer.from_dir(args.model_dir, device="cpu", precision="fp32")
+    print("\nsome predictions (the last ones without a transcript: the CTC head's greedy transcript is used):")
+    half = max(1, args.show // 2)
+    for i, u in enumerate(utterances[: args.show]):
+        with_text = i < half
+        p = recognizer.predict(str(u.audio), text=u.text if with_text else None)
+        ranked = ", ".join(f"{label} {value:.2f}" for label, value in list(p.scores.items())[:2])
+        print(f"  {u.audio.name}: true {u.label:<8} -> {p.label:<8} ({ranked}; {p.duration:.1f} s; "
+              f"transcript from {p.transcript_source}: {p.transcript!r})")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
