@@ -108,9 +108,10 @@ class BenchSession:
         return {"load_mb": found["load_mb"], **found["cases"][case_key(workload.clip_seconds, workload.batch_size)]}
 
     def peak_for(self, device: str, precision: str) -> dict[str, float | None]:
+        """The peaks a route's achieved FLOP rate is compared with: its device's, in its arithmetic's precision."""
         if device == "cuda":
-            return {"gpu_fp16_matmul_peak" if precision == "fp16" else "gpu_fp32_matmul_peak":
-                    self.peaks.get("gpu_fp16_matmul" if precision == "fp16" else "gpu_fp32_matmul")}
+            kind = "fp16" if precision == "fp16" else "fp32"
+            return {f"gpu_{kind}_matmul_peak": self.peaks.get(f"gpu_{kind}_matmul")}
         return {"cpu_fp32_peak": self.peaks["cpu_fp32_theoretical"],
                 "cpu_sgemm": self.peaks["cpu_fp32_matmul"]}
 
@@ -118,10 +119,10 @@ class BenchSession:
         return self.settings.gpu_batches if route_name in GPU_ROUTES else self.settings.batches
 
     def _measure_peaks(self) -> dict:
-        seconds = 0.3 if self.settings.quick else 2.0
+        seconds, size = (0.3, 1024) if self.settings.quick else (2.0, 2048)
         threads = self.settings.threads
         peaks = {"cpu_fp32_theoretical": theoretical_cpu_gflops(threads),
-                 "cpu_fp32_matmul": measured_matmul_gflops("cpu", "float32", threads, 1024, seconds)}
+                 "cpu_fp32_matmul": measured_matmul_gflops("cpu", "float32", threads, size, seconds)}
         import torch
 
         if torch.cuda.is_available():

@@ -188,7 +188,7 @@ def _machine_lines(machine_info: dict) -> list[str]:
         f"- CPU: {cpu.get('model', '?')}, {cpu.get('logical_cpus', '?')} logical CPUs, {cpu.get('simd', '?')}, "
         f"{cpu.get('mhz') or '?'} MHz; {settings.get('threads', '?')} threads for every route",
         f"- GPU: {described.get('gpu') or 'none'}",
-        f"- Peaks (GFLOP/s): " + ", ".join(f"{k} {v}" for k, v in peaks.items() if v),
+        "- Peaks (GFLOP/s): " + ", ".join(f"{k} {v}" for k, v in peaks.items() if v),
         f"- Size: {settings.get('size', '?')} (random weights); clips {settings.get('clips')} s, batches "
         f"{settings.get('batches')}; {settings.get('seconds_per_case')} s of rounds per case",
         f"- Python {described.get('python', '?')}; {versions}",

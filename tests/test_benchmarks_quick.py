@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -172,9 +171,8 @@ def test_report_refuses_json_without_benchmark_cases(tmp_path):
 def test_quick_suite_runs_end_to_end_and_reports(tmp_path):
     """The CI hook: `pytest benchmarks/ --quick` on the tiny model, then the report over its JSON."""
     result_json = tmp_path / "quick.json"
-    env = {**os.environ, "MMER_BENCH_CACHE": str(REPO / ".bench-cache")}
     done = subprocess.run([sys.executable, "-m", "pytest", "benchmarks/", "--quick", "-q", "-p", "no:cacheprovider",
-                           f"--benchmark-json={result_json}"], cwd=REPO, env=env, capture_output=True, text=True)
+                           f"--benchmark-json={result_json}"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     routes = {b["extra_info"]["route"] for b in json.loads(result_json.read_text())["benchmarks"]}
     assert {"pytorch-eager", "pytorch-sdpa", "mmer-rt-fp32", "mmer-rt-int8"} <= routes
