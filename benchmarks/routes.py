@@ -81,6 +81,7 @@ def _recognizer_route(name, artifacts, threads, precision, device) -> Route:
     model_dir = artifacts.model_dir(("fp32", precision))
     if precision not in json.loads((model_dir / "mmer.json").read_text())["variants"]:
         raise RouteUnavailable(f"{name}: the exported model directory {model_dir} holds no {precision} variant")
+    # One graph run per call, as the PyTorch routes do: the Recognizer's default budget could split a large batch.
     recognizer = Recognizer.from_dir(model_dir, device=device, precision=precision, threads=threads,
                                      batch_budget=BatchBudget(max_items=64, max_seconds=None))
 

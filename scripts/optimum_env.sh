@@ -19,5 +19,5 @@ if ! "$VENV/bin/python" -c "import optimum.exporters.onnx, optimum.onnxruntime" 
   # torch pinned: pip takes the CPU 2.13.0 wheel from local disk; an unpinned torch pulls a multi-GB CUDA build.
   "$VENV/bin/python" -m pip install -q "torch==2.13.0" "transformers<4.58" "optimum-onnx" "onnxruntime" "numpy"
 fi
-PEER_DIR=$($PY -m benchmarks.peer_weights "$@" 2>/dev/null | tail -n 1)
+PEER_DIR=$($PY -m benchmarks.peer_weights "$@" | tail -n 1)
 "$VENV/bin/python" benchmarks/optimum_export.py "$PEER_DIR"
