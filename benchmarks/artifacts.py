@@ -29,6 +29,7 @@ CACHE_ROOT = Path(os.environ.get("MMER_BENCH_CACHE", REPO_ROOT / ".bench-cache")
 TOKENIZER_VOCAB = 600
 SIZES = ("base", "quick")
 OPTIMUM_HINT = "bash scripts/optimum_env.sh"
+EXPORT_STAMP = ".bench-exporter"  # in the model directory: exporter_digest() of the code that wrote it
 
 
 def size_config(size: str):
@@ -102,15 +103,22 @@ class Artifacts:
         return model
 
     def model_dir(self, precisions: tuple[str, ...] = ("fp32", "int8")) -> Path:
-        """The exported model directory holding at least ``precisions``; exports again when one is missing."""
+        """The exported model directory holding at least ``precisions``.
+
+        It is exported again when a precision is missing or when the exporter's code changed since (a stale
+        export would measure yesterday's graphs under today's name).
+        """
         path = self.folder / "model"
-        manifest = path / "mmer.json"
-        have = set(json.loads(manifest.read_text())["variants"]) if manifest.is_file() else set()
+        manifest, stamp = path / "mmer.json", path / EXPORT_STAMP
+        stamp_now = exporter_digest()
+        current = manifest.is_file() and stamp.is_file() and stamp.read_text() == stamp_now
+        have = set(json.loads(manifest.read_text())["variants"]) if current else set()
         if not set(precisions) <= have:
             wanted = ",".join(sorted(set(precisions) | have))
             command = [sys.executable, "-m", "export.to_onnx", str(self.checkpoint()), "--out", str(path),
-                       "--precision", wanted, "--force"]  # --force: replace the cached export that lacked one
+                       "--precision", wanted, "--force"]  # --force: replace the cached export
             subprocess.run(command, check=True, cwd=REPO_ROOT)
+            stamp.write_text(stamp_now)
         return path
 
     def peer_weights(self) -> Path:
@@ -147,6 +155,14 @@ class Artifacts:
                                        f"{entry.get('error', 'not attempted')}")
             paths.append(optimum / entry["file"])
         return paths[0], paths[1]
+
+
+def exporter_digest() -> str:
+    """A hash of the code that shapes an exported model directory: export/ and mmer_rt's directory format."""
+    digest = hashlib.sha256()
+    for source in sorted((REPO_ROOT / "export").glob("*.py")) + [REPO_ROOT / "mmer_rt" / "modeldir.py"]:
+        digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()
 
 
 def _make_ignored_root(root: Path) -> None:

@@ -109,6 +109,30 @@ def test_missing_optimum_graphs_skip_with_the_command_that_builds_them(tmp_path)
         artifacts.peer_graphs("int8")
 
 
+def test_cached_export_is_redone_for_a_missing_precision_or_changed_exporter(tmp_path, monkeypatch):
+    from benchmarks import artifacts as artifacts_module
+
+    commands = []
+
+    def fake_export(command, check, cwd):
+        commands.append(command)
+        out, precisions = Path(command[command.index("--out") + 1]), command[command.index("--precision") + 1]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "mmer.json").write_text(json.dumps({"variants": {p: {} for p in precisions.split(",")}}))
+
+    monkeypatch.setattr(artifacts_module.subprocess, "run", fake_export)
+    monkeypatch.setattr(Artifacts, "checkpoint", lambda self: tmp_path / "checkpoint")
+    artifacts = Artifacts("quick", root=tmp_path)
+    artifacts.model_dir()
+    artifacts.model_dir()
+    assert len(commands) == 1 and "fp32,int8" in commands[0] and "--force" in commands[0]
+    artifacts.model_dir(("fp32", "fp16"))
+    assert len(commands) == 2 and "fp16,fp32,int8" in commands[1]
+    monkeypatch.setattr(artifacts_module, "exporter_digest", lambda: "changed exporter")
+    artifacts.model_dir()
+    assert len(commands) == 3 and "fp32,int8" in commands[2]
+
+
 def test_gpu_routes_skip_cleanly_without_a_gpu(tmp_path):
     import torch
 
