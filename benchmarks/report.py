@@ -196,7 +196,8 @@ def _machine_lines(machine_info: dict) -> list[str]:
     optimum = mmer.get("optimum")
     if optimum:
         peer_versions = ", ".join(f"{k} {v}" for k, v in optimum.get("versions", {}).items())
-        lines.append(f"- Peer: optimum-onnx export in its own environment ({peer_versions}), our fp32 fusion graph")
+        lines.append(f"- Peer: optimum-onnx export in its own environment ({peer_versions}), our fp32 fusion graph; "
+                     "its wav2vec2 graph takes no attention mask, so padded rows of a batch differ (see max Δp)")
         lines += [f"  - {name}: {entry.get('note') or entry.get('error')}"
                   for name, entry in optimum.get("variants", {}).items() if entry.get("note") or entry.get("error")]
     return lines
