@@ -26,7 +26,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--session", action="append", default=[], help="keep only this session (repeatable)")
     parser.add_argument("--precision", default="fp32,int8")
-    parser.add_argument("--show", type=int, default=6, help="how many predictions to print")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args(argv)
 
@@ -57,14 +56,15 @@ def main(argv: list[str] | None = None) -> dict:
               f"({100 * same / len(utterances):.1f}% top-1 agreement)")
 
     recognizer = Recognizer.from_dir(args.model_dir, device="cpu", precision="fp32")
-    print("\nsome predictions (the last ones without a transcript: the CTC head's greedy transcript is used):")
-    half = max(1, args.show // 2)
-    for i, u in enumerate(utterances[: args.show]):
-        with_text = i < half
-        p = recognizer.predict(str(u.audio), text=u.text if with_text else None)
+    print("\nsome predictions, one per emotion, then two with no transcript (the CTC head's greedy one is used):")
+    first_of_each = [next(u for u in utterances if u.label == label) for label in recognizer.labels
+                     if any(u.label == label for u in utterances)]
+    shown = [(u, u.text) for u in first_of_each] + [(u, None) for u in first_of_each[:2]]
+    for u, text in shown:
+        p = recognizer.predict(str(u.audio), text=text)
         ranked = ", ".join(f"{label} {value:.2f}" for label, value in list(p.scores.items())[:2])
         print(f"  {u.audio.name}: true {u.label:<8} -> {p.label:<8} ({ranked}; {p.duration:.1f} s; "
-              f"transcript from {p.transcript_source}: {p.transcript!r})")
+              f"{p.transcript_source} transcript {p.transcript!r})")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -127,6 +127,7 @@ class Progress:
     batch_in_epoch: int = 0  # batches of that epoch already trained on
     optimizer_steps: int = 0
     best_ua: float = -1.0
+    best_loss: float | None = None  # validation cross-entropy of the best epoch: breaks ties in UA
     best_epoch: int = -1
     elapsed_s: float = 0.0
 
@@ -235,19 +236,22 @@ class Trainer:
         for epoch in range(self.progress.epoch, self.config.epochs):
             self.progress.epoch = epoch
             train_loss = self._train_epoch(epoch, started)
-            scores = self.evaluate(self.split["validation"], f"validate {epoch + 1}")
+            scores, val_loss = self.evaluate(self.split["validation"], f"validate {epoch + 1}")
             self.progress.epoch, self.progress.batch_in_epoch = epoch + 1, 0
             self.progress.elapsed_s = time.monotonic() - started
-            improved = scores.ua > self.progress.best_ua
+            improved = self._is_better(scores.ua, val_loss)
             if improved:
-                self.progress.best_ua, self.progress.best_epoch = scores.ua, epoch + 1
+                self.progress.best_ua, self.progress.best_loss = scores.ua, val_loss
+                self.progress.best_epoch = epoch + 1
                 self._save_atomic(self.out / "best", with_optimizer=False)
             self._save_atomic(self.out / "last", with_optimizer=True)
             record = {"epoch": epoch + 1, "train_loss": train_loss, "val_wa": scores.wa, "val_ua": scores.ua,
+                      "val_loss": val_loss,
                       "best": improved, "elapsed_s": round(self.progress.elapsed_s, 1)}
             with open(self.out / "history.jsonl", "a", encoding="utf-8") as history:
                 history.write(json.dumps(record) + "\n")
-            tqdm.write(f"epoch {epoch + 1}: loss {train_loss:.4f}  val WA {scores.wa:.3f}  val UA {scores.ua:.3f}"
+            tqdm.write(f"epoch {epoch + 1}: loss {train_loss:.4f}  val WA {scores.wa:.3f}  val UA {scores.ua:.3f}  "
+                       f"val CE {val_loss:.3f}"
                        + ("  (best)" if improved else ""))
             if self.config.max_minutes and self.progress.elapsed_s > 60 * self.config.max_minutes:
                 tqdm.write(f"stopping: the {self.config.max_minutes}-minute budget is spent")
@@ -306,11 +310,18 @@ class Trainer:
         return mmer_loss(out, aug_out, batch["labels"], targets, lam=self.config.lam, scl=self.config.scl,
                          ctc_reduction=self.config.ctc_reduction)
 
+    def _is_better(self, ua: float, loss: float) -> bool:
+        """Higher validation UA wins; on a small validation set UA often ties, and then lower cross-entropy wins."""
+        best = self.progress
+        return ua > best.best_ua or (ua == best.best_ua and (best.best_loss is None or loss < best.best_loss))
+
     @torch.no_grad()
-    def evaluate(self, utterances: list[Utterance], desc: str) -> Scores:
-        y_true, y_pred = predict(self.model, utterances, self.labels, self.collate, self.max_samples,
-                                 self.config.batch_size * 2, self.device, desc)
-        return score(y_true, y_pred, self.labels)
+    def evaluate(self, utterances: list[Utterance], desc: str) -> tuple[Scores, float]:
+        """Scores and mean cross-entropy of the model on ``utterances``."""
+        y_true, probabilities = predict(self.model, utterances, self.labels, self.collate, self.max_samples,
+                                        self.config.batch_size * 2, self.device, desc)
+        cross_entropy = float(-np.log(np.maximum(probabilities[np.arange(len(y_true)), y_true], 1e-12)).mean())
+        return score(y_true, probabilities.argmax(-1), self.labels), cross_entropy
 
     def _finish(self) -> dict:
         results = {"best_epoch": self.progress.best_epoch, "val_ua": self.progress.best_ua,
@@ -318,7 +329,7 @@ class Trainer:
         if self.split["test"]:
             self.model, _ = load_checkpoint(self.out / "best")
             self.model.to(self.device)
-            test = self.evaluate(self.split["test"], "test")
+            test, _ = self.evaluate(self.split["test"], "test")
             results["test"] = test.to_dict()
             tqdm.write(f"test ({self.config.test_session}, best epoch {self.progress.best_epoch}): "
                        f"WA {test.wa:.3f}  UA {test.ua:.3f}\n{test.table()}")
@@ -351,8 +362,8 @@ class Trainer:
 
 
 def predict(model: MMER, utterances: list[Utterance], labels: list[str], collate: Collator, max_samples: int,
-            batch_size: int, device: torch.device, desc: str = "predict") -> tuple[list[int], list[int]]:
-    """Class indices (true, predicted) for utterances, batched by length; order follows ``utterances``."""
+            batch_size: int, device: torch.device, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+    """True class indices (N,) and predicted probabilities (N, C), batched by length, in ``utterances`` order."""
     if not utterances:
         raise ValueError(f"{desc}: no utterances to score")
     model.eval()
@@ -361,13 +372,12 @@ def predict(model: MMER, utterances: list[Utterance], labels: list[str], collate
     order = sorted(range(len(dataset)), key=lengths.__getitem__)
     batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate)
-    predicted = [0] * len(dataset)
+    probabilities = np.zeros((len(dataset), len(labels)))
     for indices, batch in zip(batches, tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)):
         out = model(batch["input_values"].to(device), batch["sample_mask"].to(device),
                     batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        for i, p in zip(indices, out.logits.argmax(-1).tolist()):
-            predicted[i] = p
-    return list(dataset.label_ids), predicted
+        probabilities[indices] = out.logits.float().softmax(-1).cpu().numpy()
+    return np.array(dataset.label_ids), probabilities
 
 
 def _save_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
