@@ -492,16 +492,32 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return counts
 
 
-PRESETS = {"tiny": tiny_config, "base": base_config}
+PRESETS = {"tiny": tiny_config, "small": small_config, "base": base_config}
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Print the parameter counts of an MMER preset (random weights).")
+    parser = argparse.ArgumentParser(
+        description="Print the parameter counts of an MMER preset (random weights); optionally save it as a checkpoint."
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="base")
+    parser.add_argument("--save", metavar="DIR", help="write a random-weight checkpoint there (for export timing)")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    model = MMER.from_config(PRESETS[args.preset]())
+    torch.manual_seed(args.seed)
+    model = MMER.from_config(PRESETS[args.preset]()).eval()
     for name, count in count_parameters(model).items():
         print(f"{name:<16}{count:>14,}")
+    if args.save:
+        import tempfile
+
+        from .checkpoint import save_checkpoint
+        from .tokenizer import build_tokenizer
+
+        with tempfile.TemporaryDirectory() as scratch:
+            # A small byte-level BPE stands in for the pretrained tokenizer: its ids fit every preset's vocabulary.
+            words = ["the weather is fine today", "why would you do that", "I am so happy for you", "leave me alone"]
+            tokenizer = build_tokenizer(words * 4, 320, f"{scratch}/tokenizer.json")
+            print(f"saved {save_checkpoint(model, args.save, tokenizer)}")
 
 
 if __name__ == "__main__":

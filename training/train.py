@@ -33,10 +33,9 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Collator, UtteranceDataset, leave_one_session_out, length_bucketed_batches, speaker_split
 from .losses import mmer_loss
 from .metrics import Scores, score
-from .model import IEMOCAP_LABELS, MMER, MMERConfig, base_config, small_config, tiny_config
+from .model import IEMOCAP_LABELS, MMER, PRESETS, MMERConfig
 from .tokenizer import build_tokenizer, tokenizer_from_pretrained
 
-PRESETS = {"tiny": tiny_config, "small": small_config, "base": base_config}
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 
