@@ -88,7 +88,7 @@ def tiny_config(
     ``group_norm`` picks the wav2vec2-base front end (GroupNorm, post-LN encoder); otherwise the large/"stable"
     one (LayerNorm in every conv layer, pre-LN encoder). ``vocab_size`` must cover the tokenizer's vocabulary.
     """
-    from transformers import RobertaConfig, Wav2Vec2Config
+    from transformers import Wav2Vec2Config
 
     audio = Wav2Vec2Config(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -97,13 +97,8 @@ def tiny_config(
         feat_extract_norm="group" if group_norm else "layer", do_stable_layer_norm=not group_norm,
         conv_bias=not group_norm, layerdrop=0.0,
     )
-    text = RobertaConfig(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=130, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0,
-        eos_token_id=2,
-    )
     return MMERConfig(
-        labels=list(labels), audio=audio.to_dict(), text=text.to_dict(), fusion_heads=4, fusion_ffn=64,
+        labels=list(labels), audio=audio.to_dict(), text=_small_roberta(vocab_size, 32), fusion_heads=4, fusion_ffn=64,
         attn_implementation=attn_implementation,
     )
 
@@ -111,7 +106,7 @@ def tiny_config(
 def small_config(labels=IEMOCAP_LABELS, vocab_size: int = 320, attn_implementation: str = "sdpa") -> MMERConfig:
     """The demo's model: wav2vec2-base's GroupNorm front end and 320x downsampling (50 frames a second) at hidden
     64 with 2 layers, and a 2-layer RoBERTa of width 64; trains on two CPU cores in minutes."""
-    from transformers import RobertaConfig, Wav2Vec2Config
+    from transformers import Wav2Vec2Config
 
     audio = Wav2Vec2Config(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
@@ -119,15 +114,22 @@ def small_config(labels=IEMOCAP_LABELS, vocab_size: int = 320, attn_implementati
         num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=4, feat_extract_norm="group",
         conv_bias=False, layerdrop=0.0, hidden_dropout=0.1, feat_proj_dropout=0.1,
     )
-    text = RobertaConfig(
-        vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        max_position_embeddings=130, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0,
-        eos_token_id=2,
-    )
     return MMERConfig(
-        labels=list(labels), audio=audio.to_dict(), text=text.to_dict(), fusion_heads=4, fusion_ffn=128,
+        labels=list(labels), audio=audio.to_dict(), text=_small_roberta(vocab_size, 64), fusion_heads=4,
+        fusion_ffn=128,
         attn_implementation=attn_implementation,
     )
+
+
+def _small_roberta(vocab_size: int, width: int) -> dict:
+    """A 2-layer RoBERTa config of the given width, with roberta-base's special-token ids."""
+    from transformers import RobertaConfig
+
+    return RobertaConfig(
+        vocab_size=vocab_size, hidden_size=width, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=2 * width, max_position_embeddings=130, type_vocab_size=1, layer_norm_eps=1e-5,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2,
+    ).to_dict()
 
 
 def base_config(labels=IEMOCAP_LABELS) -> MMERConfig:
