@@ -251,8 +251,9 @@ def test_unknown_long_audio_policy_is_refused(tiny_model_dir):
         (np.ones(1000, np.float32), -8000, "sample rate must be a positive integer"),
         (np.ones(1000, np.float32), None, "needs its sample_rate"),
         (b"RIFF this is no wave file", None, "cannot decode"),
-        (np.ones(399, np.float32), RATE, "399 samples at 16000 Hz are too short"),
-        (np.ones(99, np.float32), 4_000, "396 samples at 16000 Hz are too short"),
+        # The tiny model's front end needs 60 samples (its manifest's min_audio_samples).
+        (np.ones(59, np.float32), RATE, "59 samples at 16000 Hz are too short"),
+        (np.ones(14, np.float32), 4_000, "56 samples at 16000 Hz are too short"),
     ],
 )
 def test_bad_audio_is_a_clear_audio_error(recognizer, audio, rate, message):
@@ -391,3 +392,12 @@ def test_cuda_matches_cpu(tiny_model_dir, recognizer):
     items = [Utterance(noise(n, seed=n), TEXT, RATE) for n in LENGTHS]
     for a, b in zip(cuda.predict_batch(items), recognizer.predict_batch(items)):
         np.testing.assert_allclose(probabilities(cuda, a), probabilities(recognizer, b), atol=1e-3)
+
+
+def test_minimum_length_defaults_to_wav2vec2s_receptive_field(model_copy):
+    # A manifest that does not state its front end's receptive field gets wav2vec2-base's 400 samples.
+    edit_manifest(model_copy, lambda manifest: manifest["extra"].pop("min_audio_samples"))
+    recognizer = Recognizer.from_dir(model_copy, device="cpu", precision="fp32", threads=1)
+    with pytest.raises(AudioError, match="399 samples at 16000 Hz are too short .* at least 400"):
+        recognizer.predict(np.ones(399, np.float32), TEXT, sample_rate=RATE)
+    assert recognizer.predict(np.ones(400, np.float32), TEXT, sample_rate=RATE).duration == pytest.approx(0.025)
