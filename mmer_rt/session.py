@@ -53,6 +53,9 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or 0
     options.inter_op_num_threads = 1  # the graphs are sequential chains: parallel branches buy nothing
+    # Each of the three sessions has its own thread pool, run in turn; threads left spinning after one graph take
+    # the cores the next graph needs. Not spinning made a 2 s fp32 prediction 1.26x faster on 2 cores.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

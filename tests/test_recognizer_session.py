@@ -62,6 +62,8 @@ def test_cpu_session_uses_the_cpu_provider_and_thread_count(doubling_graph):
     assert options.intra_op_num_threads == 3
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert session_options(None).intra_op_num_threads == 0
+    # The three graphs run in turn: idle threads must not spin and take the next graph's cores.
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 @pytest.mark.parametrize("threads", [0, -2, 1.5, True])
