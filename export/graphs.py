@@ -126,7 +126,7 @@ def export_graph(model: MMER, spec: GraphSpec, example_inputs: tuple[Tensor, ...
 def example_inputs(model: MMER) -> dict[str, tuple[Tensor, ...]]:
     """Small padded inputs for tracing each graph (two rows of different lengths, so no axis traces as constant)."""
     frames_per_row = (6, 4)
-    samples = [_samples_for_frames(model, frames) for frames in frames_per_row]
+    samples = [samples_for_frames(model, frames) for frames in frames_per_row]
     sample_mask = torch.zeros(2, max(samples), dtype=torch.long)
     for row, count in enumerate(samples):
         sample_mask[row, :count] = 1
@@ -145,7 +145,7 @@ def example_inputs(model: MMER) -> dict[str, tuple[Tensor, ...]]:
     }
 
 
-def _samples_for_frames(model: MMER, frames: int) -> int:
+def samples_for_frames(model: MMER, frames: int) -> int:
     """The fewest samples that give the audio encoder ``frames`` output frames."""
     samples = frames
     for kernel, stride in reversed(list(zip(model.config.audio["conv_kernel"], model.config.audio["conv_stride"]))):

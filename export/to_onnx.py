@@ -191,21 +191,13 @@ def _manifest(model: MMER, variants: dict[str, VariantEntry], fused: dict, probe
         versions=_versions(),
         extra={
             "max_text_tokens": _max_text_tokens(model.config.text),
-            "min_audio_samples": _receptive_field(model.config.audio),
+            # The front end's receptive field: shorter audio yields no frame at all.
+            "min_audio_samples": graphs.samples_for_frames(model, 1),
             "exporter": f"torch.onnx.export (TorchScript, dynamo=False), opset {graphs.OPSET}",
             "fused_ops": fused,
             "parity_probes": probe_description,
         },
     )
-
-
-def _receptive_field(audio: dict) -> int:
-    """Samples the convolutional front end needs for one output frame: shorter audio yields no frame at all."""
-    field, hop = audio["conv_kernel"][0], audio["conv_stride"][0]
-    for kernel, stride in zip(audio["conv_kernel"][1:], audio["conv_stride"][1:]):
-        field += (kernel - 1) * hop
-        hop *= stride
-    return int(field)
 
 
 def _max_text_tokens(text_config: dict) -> int:

@@ -11,6 +11,7 @@ whole speakers drawn from the training sessions; the test session is only scored
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -149,6 +150,7 @@ class Trainer:
         self.train_set = UtteranceDataset(self.split["train"], self.labels, self.max_samples, config.augment,
                                           config.seed)
         self.use_acl = self.train_set.has_augmented_view
+        self.train_lengths = self.train_set.audio_lengths()  # from file headers, once: batches are bucketed by them
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
         self.amp_dtype = None
@@ -209,7 +211,7 @@ class Trainer:
             raise SystemExit(f"error: --preset {self.config.preset!r}: choose one of {sorted(PRESETS)}")
         preset = PRESETS[self.config.preset]
         kwargs = {"labels": self.labels}
-        if "vocab_size" in preset.__code__.co_varnames:
+        if "vocab_size" in inspect.signature(preset).parameters:  # presets whose tokenizer is trained here
             kwargs["vocab_size"] = self.config.vocab_size
         model_config = preset(**kwargs)
         model_config.audio_pretrained = self.config.audio_pretrained
@@ -262,7 +264,7 @@ class Trainer:
         # Seeded per epoch, so a run resumed at an epoch boundary draws the same dropout masks as an unbroken one.
         torch.manual_seed(self.config.seed * 1000 + epoch)
         self.train_set.set_epoch(epoch)
-        batches = length_bucketed_batches(self._train_lengths(), self.config.batch_size,
+        batches = length_bucketed_batches(self.train_lengths, self.config.batch_size,
                                           seed=self.config.seed * 1000 + epoch)
         skip = self.progress.batch_in_epoch  # batches finished before an interruption
         loader = torch.utils.data.DataLoader(
@@ -290,11 +292,6 @@ class Trainer:
                     self._save_atomic(self.out / "last", with_optimizer=True)
             bar.set_postfix({k: f"{v.item():.3f}" for k, v in parts.items()})
         return float(np.mean(losses)) if losses else float("nan")
-
-    def _train_lengths(self) -> list[int]:
-        if not hasattr(self, "_lengths"):
-            self._lengths = self.train_set.audio_lengths()
-        return self._lengths
 
     def _loss(self, batch: dict):
         batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
