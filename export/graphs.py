@@ -19,21 +19,30 @@ from mmer_rt.modeldir import (
 )
 from training.model import MMER
 
+from .frontend import FrontEnd
+
 # The legacy TorchScript exporter, chosen by measurement (export/DESIGN.md): onnxruntime's transformer optimizer
 # fuses Attention only on its graphs; on dynamo graphs it fused none.
 OPSET = 17
 
 
 class AudioGraph(nn.Module):
-    """Audio encoder plus CTC head: (input_values, sample_mask) -> (hidden_states, frame_mask, ctc_logits)."""
+    """Audio encoder plus CTC head: (input_values, sample_mask) -> (hidden_states, frame_mask, ctc_logits).
 
-    def __init__(self, model: MMER):
+    The convolutional front end runs as export/frontend.py rewrites it, in the given layout: "channels" (Conv)
+    for the fp32 and fp16 graphs, "time" (MatMul, int8-quantisable) for the int8 graph.
+    """
+
+    def __init__(self, model: MMER, layout: str = "channels"):
         super().__init__()
+        self.front_end = FrontEnd(model.audio_encoder, layout)
         self.audio_encoder = model.audio_encoder
         self.ctc_head = model.ctc_head  # applied without its training-time dropout
 
     def forward(self, input_values: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        hidden_states, frame_mask = self.audio_encoder(input_values, sample_mask)
+        sample_lengths = sample_mask.long().sum(-1)
+        features = self.front_end(input_values, sample_lengths)
+        hidden_states, frame_mask = self.audio_encoder.encode_features(features, sample_lengths)
         return hidden_states, frame_mask, self.ctc_head(hidden_states)
 
 
@@ -109,9 +118,11 @@ def exportable_copy(model: MMER) -> MMER:
     return export_model
 
 
-def export_graph(model: MMER, spec: GraphSpec, example_inputs: tuple[Tensor, ...], path: Path) -> Path:
-    """Trace ``spec``'s wrapper around an exportable copy of ``model`` to the ONNX file ``path``."""
-    wrapper = spec.wrapper(model).eval()
+def export_graph(model: MMER, spec: GraphSpec, example_inputs: tuple[Tensor, ...], path: Path,
+                 **wrapper_options) -> Path:
+    """Trace ``spec``'s wrapper (built with ``wrapper_options``) around an exportable copy of ``model`` to the ONNX
+    file ``path``."""
+    wrapper = spec.wrapper(model, **wrapper_options).eval()
     with warnings.catch_warnings(), torch.no_grad():
         # The legacy exporter warns that it is deprecated and about traced shape arithmetic; neither applies to
         # these graphs, whose dynamic axes are verified by the batch-invariance tests.

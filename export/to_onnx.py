@@ -91,13 +91,14 @@ def _build(model: MMER, tokenizer_path: Path, staging: Path, precisions: list[st
     traced.mkdir()
     fp32 = staging / "fp32"
     fp32.mkdir()
-    steps.run("tracing the three graphs (torch.onnx legacy exporter)", _trace, model, traced)
+    int8_audio = "int8" in precisions
+    steps.run("tracing the three graphs (torch.onnx legacy exporter)", _trace, model, traced, int8_audio)
     fused = steps.run("fusing the encoders (onnxruntime transformer optimizer)", _fuse, model, traced, fp32)
     probes = parity.make_probes(tokenizer_path, SAMPLE_RATE, model.config.max_audio_samples)
     reference = steps.run("running the PyTorch fp32 reference on the probes", parity.reference_outputs, model, probes)
     variants = {}
     for name in precisions:
-        folder = steps.run(f"building the {name} graphs", _build_variant, name, fp32, staging)
+        folder = steps.run(f"building the {name} graphs", _build_variant, name, fp32, traced, staging)
         variants[name] = steps.run(f"measuring {name} parity", _measure_variant, name, folder, staging, probes,
                                    reference, tolerances[name])
     shutil.rmtree(traced)
@@ -109,34 +110,45 @@ def _build(model: MMER, tokenizer_path: Path, staging: Path, precisions: list[st
     return manifest
 
 
-def _trace(model: MMER, folder: Path) -> None:
+# The int8 variant's audio graph is traced apart, with its front end in the "time" layout (export/frontend.py).
+_INT8_AUDIO = "audio_encoder.time.onnx"
+
+
+def _trace(model: MMER, folder: Path, int8_audio: bool) -> None:
     export_model = graphs.exportable_copy(model)
     examples = graphs.example_inputs(export_model)
     for spec in graphs.GRAPH_SPECS:
         graphs.export_graph(export_model, spec, examples[spec.name], folder / f"{spec.name}.onnx")
+    if int8_audio:
+        audio = graphs.GRAPH_SPECS[0]
+        graphs.export_graph(export_model, audio, examples[audio.name], folder / _INT8_AUDIO, layout="time")
 
 
 def _fuse(model: MMER, traced: Path, fp32: Path) -> dict[str, dict[str, int]]:
     counts = {}
     for graph_name, config_field in ENCODERS.items():
         config = getattr(model.config, config_field)
-        counts[graph_name] = optimize_encoder(
-            traced / f"{graph_name}.onnx", fp32 / f"{graph_name}.onnx",
-            num_heads=config["num_attention_heads"], hidden_size=config["hidden_size"],
-        )
+        fuse = lambda source, target: optimize_encoder(  # noqa: E731
+            source, target, num_heads=config["num_attention_heads"], hidden_size=config["hidden_size"])
+        counts[graph_name] = fuse(traced / f"{graph_name}.onnx", fp32 / f"{graph_name}.onnx")
+        if graph_name == "audio_encoder" and (traced / _INT8_AUDIO).exists():
+            fuse(traced / _INT8_AUDIO, traced / _INT8_AUDIO)
     # The fusion block is not a BERT stack; onnxruntime's own session-time optimisations are all it needs.
     shutil.copyfile(traced / "fusion.onnx", fp32 / "fusion.onnx")
     return counts
 
 
-def _build_variant(name: str, fp32: Path, staging: Path) -> Path:
+def _build_variant(name: str, fp32: Path, traced: Path, staging: Path) -> Path:
     if name == "fp32":
         return fp32
     folder = staging / name
     folder.mkdir()
-    convert = precision.to_fp16 if name == "fp16" else precision.to_int8
     for graph_name in GRAPH_NAMES:
-        convert(fp32 / f"{graph_name}.onnx", folder / f"{graph_name}.onnx")
+        if name == "int8":
+            source = traced / _INT8_AUDIO if graph_name == "audio_encoder" else fp32 / f"{graph_name}.onnx"
+            precision.to_int8(source, folder / f"{graph_name}.onnx")
+        else:
+            precision.to_fp16(fp32 / f"{graph_name}.onnx", folder / f"{graph_name}.onnx")
     return folder
 
 
@@ -194,6 +206,8 @@ def _manifest(model: MMER, variants: dict[str, VariantEntry], fused: dict, probe
             # The front end's receptive field: shorter audio yields no frame at all.
             "min_audio_samples": graphs.samples_for_frames(model, 1),
             "exporter": f"torch.onnx.export (TorchScript, dynamo=False), opset {graphs.OPSET}",
+            # export/frontend.py: the audio graph's convolutions as Conv ("channels") or as MatMul ("time").
+            "audio_front_end": {name: "time" if name == "int8" else "channels" for name in variants},
             "fused_ops": fused,
             "parity_probes": probe_description,
         },

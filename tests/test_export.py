@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 import torch
@@ -84,6 +86,34 @@ def test_manifest_records_the_fused_operators(model_dir):
     fused = ModelManifest.read(model_dir).extra["fused_ops"]
     assert fused["text_encoder"] == {"Attention": 2, "SkipLayerNormalization": 4, "BiasGelu": 2}
     assert fused["audio_encoder"]["SkipLayerNormalization"] == 5 and fused["audio_encoder"]["BiasGelu"] == 2
+
+
+def _ops_in(path: Path, scope: str) -> collections.Counter:
+    return collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node if node.name.startswith(scope))
+
+
+def test_int8_audio_graph_quantises_the_front_end_and_attention_but_not_the_waveform(model_dir):
+    manifest = ModelManifest.read(model_dir)
+    assert manifest.extra["audio_front_end"] == {"fp32": "channels", "fp16": "channels", "int8": "time"}
+    int8 = model_dir / manifest.variants["int8"].graphs["audio_encoder"].file
+    # The tiny front end has 3 conv layers: the later two run as int8 MatMuls, the first one (on the waveform)
+    # stays fp32; each of the 2 transformer layers' fused Attention becomes QAttention.
+    assert _ops_in(int8, "/front_end/rest.")["MatMulInteger"] == 2
+    assert _ops_in(int8, "/front_end/first/")["MatMulInteger"] == 0 and _ops_in(int8, "/front_end/first/")["MatMul"]
+    assert _ops_in(int8, "")["QAttention"] == 2 and _ops_in(int8, "")["Conv"] == 1  # the positional conv
+    fp32 = model_dir / manifest.variants["fp32"].graphs["audio_encoder"].file
+    assert _ops_in(fp32, "/front_end/rest.")["Conv"] == 2 and _ops_in(fp32, "")["Pow"] == 0
+
+
+def test_fp16_keeps_the_waveform_layer_in_fp32(model_dir):
+    manifest = ModelManifest.read(model_dir)
+    graph = onnx.load(str(model_dir / manifest.variants["fp16"].graphs["audio_encoder"].file)).graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    first_layer = [initializers[name] for node in graph.node if node.name.startswith("/front_end/first/")
+                   for name in node.input if name in initializers]
+    float_weights = [t for t in first_layer if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    assert float_weights and all(t.data_type == onnx.TensorProto.FLOAT for t in float_weights)
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)  # the rest is fp16
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

@@ -181,7 +181,7 @@ class AudioEncoder(nn.Module):
         """Output frames of the conv front end for each input length (0 when shorter than its receptive field)."""
         lengths = sample_lengths.long()
         for kernel, stride in zip(self.config.conv_kernel, self.config.conv_stride):
-            lengths = _conv_output_length(lengths, kernel, stride)
+            lengths = conv_output_length(lengths, kernel, stride)
         return lengths
 
     def forward(self, input_values: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -190,13 +190,10 @@ class AudioEncoder(nn.Module):
         Padded frames of hidden_states are zero.
         """
         sample_lengths = sample_mask.long().sum(-1)
-        features = self._conv_features(input_values, sample_lengths).transpose(1, 2)
-        frame_mask = _length_mask(self.frame_lengths(sample_lengths), features.shape[1])
-        hidden_states, _ = self.wav2vec2.feature_projection(features)
-        hidden_states = self._encode(hidden_states, frame_mask)
-        return hidden_states * frame_mask.unsqueeze(-1).to(hidden_states.dtype), frame_mask
+        return self.encode_features(self.conv_features(input_values, sample_lengths), sample_lengths)
 
-    def _conv_features(self, input_values: Tensor, sample_lengths: Tensor) -> Tensor:
+    def conv_features(self, input_values: Tensor, sample_lengths: Tensor) -> Tensor:
+        """The convolutional front end: (B, N) audio -> (B, J, conv_dim[-1]) features, time-major."""
         layers = self.wav2vec2.feature_extractor.conv_layers
         hidden = input_values.unsqueeze(1)
         first = 0
@@ -205,7 +202,17 @@ class AudioEncoder(nn.Module):
             first = 1
         for layer in layers[first:]:
             hidden = layer(hidden)
-        return hidden
+        return hidden.transpose(1, 2)
+
+    def encode_features(self, features: Tensor, sample_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Front-end features (B, J, conv_dim[-1]) -> hidden_states (B, J, Da), frame_mask (B, J).
+
+        The seam where export/ substitutes its own rewrite of ``conv_features`` (export/frontend.py).
+        """
+        frame_mask = length_mask(self.frame_lengths(sample_lengths), features.shape[1])
+        hidden_states, _ = self.wav2vec2.feature_projection(features)
+        hidden_states = self._encode(hidden_states, frame_mask)
+        return hidden_states * frame_mask.unsqueeze(-1).to(hidden_states.dtype), frame_mask
 
     def _encode(self, hidden_states: Tensor, frame_mask: Tensor) -> Tensor:
         encoder = self.wav2vec2.encoder
@@ -226,11 +233,13 @@ class AudioEncoder(nn.Module):
         return hidden_states
 
 
-def _conv_output_length(lengths: Tensor, kernel: int, stride: int) -> Tensor:
+def conv_output_length(lengths: Tensor, kernel: int, stride: int) -> Tensor:
+    """Output length of an unpadded convolution for each input length (0 when shorter than the kernel)."""
     return torch.clamp(torch.div(lengths - kernel, stride, rounding_mode="floor") + 1, min=0)
 
 
-def _length_mask(lengths: Tensor, width: int) -> Tensor:
+def length_mask(lengths: Tensor, width: int) -> Tensor:
+    """(B,) lengths -> (B, width) int64 mask, 1 on the first ``length`` positions of each row."""
     positions = torch.arange(width, device=lengths.device)
     return (positions.unsqueeze(0) < lengths.unsqueeze(1)).long()
 
@@ -252,8 +261,8 @@ def _self_attention_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
 def _masked_group_norm_conv(layer, waveform: Tensor, sample_lengths: Tensor) -> Tensor:
     """HF's Wav2Vec2GroupNormConvLayer, with each channel's statistics taken over the valid positions only."""
     conv = layer.conv(waveform)
-    valid_length = _conv_output_length(sample_lengths, layer.conv.kernel_size[0], layer.conv.stride[0])
-    valid = _length_mask(valid_length, conv.shape[-1]).to(conv.dtype).unsqueeze(1)
+    valid_length = conv_output_length(sample_lengths, layer.conv.kernel_size[0], layer.conv.stride[0])
+    valid = length_mask(valid_length, conv.shape[-1]).to(conv.dtype).unsqueeze(1)
     count = valid.sum(-1, keepdim=True).clamp(min=1.0)  # clamp: a too-short row must not divide by zero
     mean = (conv * valid).sum(-1, keepdim=True) / count
     variance = (((conv - mean) * valid) ** 2).sum(-1, keepdim=True) / count
