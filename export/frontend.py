@@ -1,17 +1,16 @@
 """wav2vec2's convolutional front end rewritten for onnxruntime: the features of ``AudioEncoder.conv_features``
-with far fewer passes over memory, and in a form the int8 quantiser can reach.
+with far fewer passes over memory.
 
-Two rewrites, both exact up to float rounding (tests/test_export_frontend.py):
+The first layer's masked GroupNorm is folded into its convolution (exact up to float rounding;
+tests/test_export_frontend.py). That convolution has one input channel, so it is a product of the (B, L, k)
+waveform frames with a (k, C) weight, and each channel's mean and variance over the valid frames follow from the
+frames' mean (B, k) and covariance (B, k, k). The normalisation becomes a per-utterance scale of the weight and a
+shift: one batched MatMul and the activation instead of a dozen element-wise passes over the (B, C, L) output
+(about 5% of the fp32 audio graph's time at base size). The later layers stay the model's own Conv layers.
 
-- The first layer's masked GroupNorm is folded into its convolution. That convolution has one input channel, so
-  it is a product of the (B, L, k) waveform frames with a (k, C) weight, and each channel's mean and variance over
-  the valid frames follow from the frames' mean (B, k) and covariance (B, k, k). The normalisation becomes a
-  per-utterance scale of the weight and a shift: one batched MatMul and the activation instead of a dozen
-  element-wise passes over the (B, C, L) output (about 9% of the fp32 audio graph's time at base size).
-- ``layout="time"`` runs every later convolution as a MatMul over frames gathered time-major (k strided slices
-  side by side), the form onnxruntime's dynamic quantiser turns into int8 (its ConvInteger was slower than the
-  fp32 Conv; export/DESIGN.md). ``layout="channels"`` keeps them as Conv, which is as fast as it gets for fp32 on
-  the CPU and for fp16 on cuDNN.
+Not done, by measurement (export/DESIGN.md): running the later convolutions as MatMuls so that the int8 variant
+quantises them too. It made the int8 audio graph 1.6x faster, but 8-bit activations in the front end moved the demo
+model's top-1 decision on 11% of its held-out clips.
 """
 
 from __future__ import annotations
@@ -21,29 +20,21 @@ from torch import Tensor, nn
 
 from training.model import AudioEncoder, conv_output_length, length_mask
 
-LAYOUTS = ("channels", "time")
-
 
 class FrontEnd(nn.Module):
     """(B, N) normalised audio and (B,) sample lengths -> (B, J, C) features, time-major, as ``conv_features``."""
 
-    def __init__(self, audio_encoder: AudioEncoder, layout: str = "channels"):
+    def __init__(self, audio_encoder: AudioEncoder):
         super().__init__()
-        if layout not in LAYOUTS:
-            raise ValueError(f"front-end layout {layout!r} is not one of {LAYOUTS}")
-        self.layout = layout
         layers = audio_encoder.wav2vec2.feature_extractor.conv_layers
         self.first = FirstConvLayer(layers[0], audio_encoder.config.feat_extract_norm)
-        if layout == "time":
-            self.rest = nn.ModuleList(TimeMajorConvLayer(layer) for layer in layers[1:])
-        else:
-            self.rest = layers[1:]
+        self.rest = layers[1:]
 
     def forward(self, input_values: Tensor, sample_lengths: Tensor) -> Tensor:
-        hidden = self.first(input_values, sample_lengths, channels_first=self.layout == "channels")
+        hidden = self.first(input_values, sample_lengths)  # (B, C, L)
         for layer in self.rest:
             hidden = layer(hidden)
-        return hidden.transpose(1, 2) if self.layout == "channels" else hidden
+        return hidden.transpose(1, 2)
 
 
 class FirstConvLayer(nn.Module):
@@ -61,7 +52,8 @@ class FirstConvLayer(nn.Module):
         self.layer_norm = norm if feat_extract_norm == "layer" else None
         self.activation = layer.activation
 
-    def forward(self, waveform: Tensor, sample_lengths: Tensor, channels_first: bool) -> Tensor:
+    def forward(self, waveform: Tensor, sample_lengths: Tensor) -> Tensor:
+        """(B, N) waveform -> (B, C, L) channels-first, as the later Conv layers take it."""
         frames = strided_frames(waveform.unsqueeze(-1), self.kernel, self.stride)  # (B, L, k)
         if self.group_norm is None:
             hidden = frames @ self.weight
@@ -69,15 +61,13 @@ class FirstConvLayer(nn.Module):
                 hidden = hidden + self.bias
             if self.layer_norm is not None:
                 hidden = self.layer_norm(hidden)
-            hidden = self.activation(hidden)
-            return hidden.transpose(1, 2) if channels_first else hidden
+            return self.activation(hidden).transpose(1, 2)
         weight, shift = self._normalised_weight(frames, sample_lengths)
-        # The shift rides along as one more input column of ones, so the product needs no separate Add pass.
+        # The shift rides along as one more input column of ones, so the product needs no separate Add pass; the
+        # (B, k + 1, L) side is the one transposed, so the large output comes out channels-first as it is.
         frames = torch.cat([frames, torch.ones_like(frames[..., :1])], dim=-1)  # (B, L, k + 1)
         weight = torch.cat([weight, shift.unsqueeze(1)], dim=1)  # (B, k + 1, C)
-        if channels_first:
-            return self.activation(weight.transpose(1, 2) @ frames.transpose(1, 2))  # (B, C, L)
-        return self.activation(frames @ weight)  # (B, L, C)
+        return self.activation(weight.transpose(1, 2) @ frames.transpose(1, 2))  # (B, C, L)
 
     def _normalised_weight(self, frames: Tensor, sample_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Per utterance, the kernel scaled by GroupNorm's 1/std and the shift, from valid-frame statistics.
@@ -99,34 +89,17 @@ class FirstConvLayer(nn.Module):
         return self.weight.unsqueeze(0) * scale.unsqueeze(1), shift
 
 
-class TimeMajorConvLayer(nn.Module):
-    """A later conv layer as a MatMul: (B, T, Cin) -> frames (B, L, k * Cin) -> (B, L, Cout), norm, activation."""
-
-    def __init__(self, layer: nn.Module):
-        super().__init__()
-        conv = layer.conv
-        self.kernel, self.stride = conv.kernel_size[0], conv.stride[0]
-        # (Cout, Cin, k) -> (k * Cin, Cout), rows in the order strided_frames lays the taps side by side.
-        weight = conv.weight.detach().permute(2, 1, 0).reshape(self.kernel * conv.in_channels, conv.out_channels)
-        self.register_buffer("weight", weight.contiguous())
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
-        self.layer_norm = getattr(layer, "layer_norm", None)  # LayerNormConvLayer's, over channels
-        self.activation = layer.activation
-
-    def forward(self, hidden: Tensor) -> Tensor:
-        hidden = strided_frames(hidden, self.kernel, self.stride) @ self.weight
-        if self.bias is not None:
-            hidden = hidden + self.bias
-        if self.layer_norm is not None:
-            hidden = self.layer_norm(hidden)
-        return self.activation(hidden)
-
-
 def strided_frames(hidden: Tensor, kernel: int, stride: int) -> Tensor:
     """(B, T, C) -> (B, L, kernel * C): row t holds positions t*stride ... t*stride + kernel - 1, side by side."""
     batch, length, channels = hidden.shape
     frames = (length - kernel) // stride + 1
-    if kernel == stride:  # non-overlapping windows: a reshape, no copy
-        return hidden[:, : frames * stride].reshape(batch, frames, kernel * channels)
+    if kernel % stride == 0:
+        # Windows made of whole stride-long blocks (wav2vec2's first layer: 10 = 2 x 5): one reshape into blocks,
+        # then kernel / stride shifted views side by side, instead of one strided slice per position.
+        blocks = kernel // stride
+        grouped = hidden[:, : stride * (frames + blocks - 1)].reshape(batch, frames + blocks - 1, stride * channels)
+        if blocks == 1:
+            return grouped
+        return torch.cat([grouped[:, block: block + frames] for block in range(blocks)], dim=-1)
     end = stride * (frames - 1) + 1
     return torch.cat([hidden[:, tap: tap + end: stride] for tap in range(kernel)], dim=-1)

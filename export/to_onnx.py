@@ -91,9 +91,9 @@ def _build(model: MMER, tokenizer_path: Path, staging: Path, precisions: list[st
     traced.mkdir()
     fp32 = staging / "fp32"
     fp32.mkdir()
-    int8_audio = "int8" in precisions
-    steps.run("tracing the three graphs (torch.onnx legacy exporter)", _trace, model, traced, int8_audio)
-    fused = steps.run("fusing the encoders (onnxruntime transformer optimizer)", _fuse, model, traced, fp32)
+    steps.run("tracing the three graphs (torch.onnx legacy exporter)", _trace, model, traced)
+    fused = steps.run("fusing the encoders (onnxruntime transformer optimizer)", _fuse, model, traced, fp32,
+                      "fp16" in precisions)
     probes = parity.make_probes(tokenizer_path, SAMPLE_RATE, model.config.max_audio_samples)
     reference = steps.run("running the PyTorch fp32 reference on the probes", parity.reference_outputs, model, probes)
     variants = {}
@@ -110,31 +110,30 @@ def _build(model: MMER, tokenizer_path: Path, staging: Path, precisions: list[st
     return manifest
 
 
-# The int8 variant's audio graph is traced apart, with its front end in the "time" layout (export/frontend.py).
-_INT8_AUDIO = "audio_encoder.time.onnx"
-
-
-def _trace(model: MMER, folder: Path, int8_audio: bool) -> None:
+def _trace(model: MMER, folder: Path) -> None:
     export_model = graphs.exportable_copy(model)
     examples = graphs.example_inputs(export_model)
     for spec in graphs.GRAPH_SPECS:
         graphs.export_graph(export_model, spec, examples[spec.name], folder / f"{spec.name}.onnx")
-    if int8_audio:
-        audio = graphs.GRAPH_SPECS[0]
-        graphs.export_graph(export_model, audio, examples[audio.name], folder / _INT8_AUDIO, layout="time")
 
 
-def _fuse(model: MMER, traced: Path, fp32: Path) -> dict[str, dict[str, int]]:
-    counts = {}
-    for graph_name, config_field in ENCODERS.items():
-        config = getattr(model.config, config_field)
-        fuse = lambda source, target: optimize_encoder(  # noqa: E731
-            source, target, num_heads=config["num_attention_heads"], hidden_size=config["hidden_size"])
-        counts[graph_name] = fuse(traced / f"{graph_name}.onnx", fp32 / f"{graph_name}.onnx")
-        if graph_name == "audio_encoder" and (traced / _INT8_AUDIO).exists():
-            fuse(traced / _INT8_AUDIO, traced / _INT8_AUDIO)
-    # The fusion block is not a BERT stack; onnxruntime's own session-time optimisations are all it needs.
-    shutil.copyfile(traced / "fusion.onnx", fp32 / "fusion.onnx")
+def _fuse(model: MMER, traced: Path, fp32: Path, gpu: bool) -> dict[str, dict[str, dict[str, int]]]:
+    """Fused fp32 graphs for the CPU into ``fp32``, and with ``gpu`` the GPU's (SkipLayerNormalization fused:
+    export/optimize.py) into ``traced/gpu`` for the fp16 variant; returns the fused-operator counts of each."""
+    targets = {"cpu": fp32}
+    if gpu:
+        targets["gpu"] = traced / "gpu"
+        targets["gpu"].mkdir()
+    counts = {device: {} for device in targets}
+    for device, folder in targets.items():
+        for graph_name, config_field in ENCODERS.items():
+            config = getattr(model.config, config_field)
+            counts[device][graph_name] = optimize_encoder(
+                traced / f"{graph_name}.onnx", folder / f"{graph_name}.onnx", num_heads=config["num_attention_heads"],
+                hidden_size=config["hidden_size"], skip_layer_norm=device == "gpu",
+            )
+        # The fusion block is not a BERT stack; onnxruntime's own session-time optimisations are all it needs.
+        shutil.copyfile(traced / "fusion.onnx", folder / "fusion.onnx")
     return counts
 
 
@@ -144,11 +143,10 @@ def _build_variant(name: str, fp32: Path, traced: Path, staging: Path) -> Path:
     folder = staging / name
     folder.mkdir()
     for graph_name in GRAPH_NAMES:
-        if name == "int8":
-            source = traced / _INT8_AUDIO if graph_name == "audio_encoder" else fp32 / f"{graph_name}.onnx"
-            precision.to_int8(source, folder / f"{graph_name}.onnx")
+        if name == "fp16":
+            precision.to_fp16(traced / "gpu" / f"{graph_name}.onnx", folder / f"{graph_name}.onnx")
         else:
-            precision.to_fp16(fp32 / f"{graph_name}.onnx", folder / f"{graph_name}.onnx")
+            precision.to_int8(fp32 / f"{graph_name}.onnx", folder / f"{graph_name}.onnx")
     return folder
 
 
@@ -206,9 +204,8 @@ def _manifest(model: MMER, variants: dict[str, VariantEntry], fused: dict, probe
             # The front end's receptive field: shorter audio yields no frame at all.
             "min_audio_samples": graphs.samples_for_frames(model, 1),
             "exporter": f"torch.onnx.export (TorchScript, dynamo=False), opset {graphs.OPSET}",
-            # export/frontend.py: the audio graph's convolutions as Conv ("channels") or as MatMul ("time").
-            "audio_front_end": {name: "time" if name == "int8" else "channels" for name in variants},
-            "fused_ops": fused,
+            # Per variant: the CPU graphs (fp32, int8) keep residual Adds apart from LayerNorm, fp16's fuse them.
+            "fused_ops": {name: fused["gpu" if name == "fp16" else "cpu"] for name in variants},
             "parity_probes": probe_description,
         },
     )

@@ -1,4 +1,4 @@
-"""export/frontend.py: the rewritten front end computes AudioEncoder.conv_features in both layouts."""
+"""export/frontend.py: the rewritten front end computes AudioEncoder.conv_features."""
 
 from __future__ import annotations
 
@@ -31,26 +31,24 @@ def _padded(lengths: list[int], scale: float = 1.0, offset: float = 0.0) -> tupl
     return values, lengths_tensor
 
 
-@pytest.mark.parametrize("layout", ["channels", "time"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_front_end_matches_the_model_on_a_padded_batch(name, layout):
+def test_front_end_matches_the_model_on_a_padded_batch(name):
     encoder = _audio_encoder(name)
     values, lengths = _padded([9000, 5003, 2417])
     with torch.no_grad():
         expected = encoder.conv_features(values, lengths)
-        actual = FrontEnd(encoder, layout)(values, lengths)
+        actual = FrontEnd(encoder)(values, lengths)
     assert actual.shape == expected.shape
     assert (actual - expected).abs().max() < 1e-5 * expected.abs().max()
 
 
-@pytest.mark.parametrize("layout", ["channels", "time"])
-def test_folded_group_norm_keeps_its_precision_on_loud_and_offset_audio(layout):
+def test_folded_group_norm_keeps_its_precision_on_loud_and_offset_audio():
     encoder = _audio_encoder("group-norm (wav2vec2-base)", conv_bias=True)
     for scale, offset in ((30.0, 0.0), (0.01, 5.0)):  # far beyond normalised audio: large, and mostly DC
         values, lengths = _padded([12_000, 7000], scale, offset)
         with torch.no_grad():
             expected = encoder.conv_features(values, lengths)
-            actual = FrontEnd(encoder, layout)(values, lengths)
+            actual = FrontEnd(encoder)(values, lengths)
         assert (actual - expected).abs().max() < 1e-4 * expected.abs().max(), (scale, offset)
 
 
@@ -58,7 +56,7 @@ def test_a_row_shorter_than_the_receptive_field_stays_finite():
     encoder = _audio_encoder("group-norm (wav2vec2-base)")
     values, lengths = _padded([4000, 7])  # the second row yields no frame at all
     with torch.no_grad():
-        features = FrontEnd(encoder, "time")(values, lengths)
+        features = FrontEnd(encoder)(values, lengths)
     assert torch.isfinite(features).all()
 
 
@@ -69,8 +67,6 @@ def test_strided_frames_lays_each_window_side_by_side():
     assert torch.equal(frames[1, 2], hidden[1, 4:7].reshape(-1))
     pairs = strided_frames(hidden, kernel=2, stride=2)  # the 9th position is left over
     assert pairs.shape == (2, 4, 4) and torch.equal(pairs[0, 3], hidden[0, 6:8].reshape(-1))
+    blocks = strided_frames(hidden, kernel=4, stride=2)  # windows of two stride-long blocks: 0, 2, 4
+    assert blocks.shape == (2, 3, 8) and torch.equal(blocks[1, 2], hidden[1, 4:8].reshape(-1))
 
-
-def test_unknown_layout_is_refused():
-    with pytest.raises(ValueError, match="layout 'nhwc'"):
-        FrontEnd(_audio_encoder("group-norm (wav2vec2-base)"), "nhwc")

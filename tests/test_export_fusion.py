@@ -26,24 +26,30 @@ def base_width_model() -> MMER:
 
 @pytest.fixture(scope="module")
 def fused(base_width_model, tmp_path_factory) -> dict:
-    """Per encoder: (fused operator counts, path of the optimized graph, example inputs)."""
+    """Per encoder: (fused operator counts for the CPU, path of that graph, example inputs, counts for the GPU)."""
     folder = tmp_path_factory.mktemp("fusion")
     examples = graphs.example_inputs(base_width_model)
     results = {}
     for spec, config in zip(graphs.GRAPH_SPECS[:2], (base_width_model.config.audio, base_width_model.config.text)):
         traced = graphs.export_graph(base_width_model, spec, examples[spec.name], folder / f"{spec.name}.onnx")
         optimized = folder / f"{spec.name}.fused.onnx"
-        counts = optimize_encoder(traced, optimized, config["num_attention_heads"], config["hidden_size"])
-        results[spec.name] = (counts, optimized, examples[spec.name])
+        shape = (config["num_attention_heads"], config["hidden_size"])
+        counts = optimize_encoder(traced, optimized, *shape)
+        gpu_counts = optimize_encoder(traced, folder / f"{spec.name}.gpu.onnx", *shape, skip_layer_norm=True)
+        results[spec.name] = (counts, optimized, examples[spec.name], gpu_counts)
     return results
 
 
 @pytest.mark.parametrize("graph", ["audio_encoder", "text_encoder"])
 def test_layer_norms_and_gelus_fuse_once_per_layer(fused, graph):
-    counts = fused[graph][0]
-    # Two residual LayerNorms per layer; wav2vec2's post-LN stack adds one after the positional convolution.
-    assert counts["SkipLayerNormalization"] == 2 * LAYERS + (graph == "audio_encoder")
-    assert counts["BiasGelu"] == LAYERS
+    counts, gpu_counts = fused[graph][0], fused[graph][3]
+    # Two residual LayerNorms per layer; wav2vec2's post-LN stack adds one after the positional convolution. For
+    # the GPU each absorbs its residual Add; on the CPU they stay LayerNormalization, with the feature
+    # projection's (audio) or the embeddings' (text) LayerNorm beside them.
+    residual = 2 * LAYERS + (graph == "audio_encoder")
+    assert gpu_counts["SkipLayerNormalization"] == residual and gpu_counts["LayerNormalization"] == 1
+    assert counts["SkipLayerNormalization"] == 0 and counts["LayerNormalization"] == residual + 1
+    assert counts["BiasGelu"] == gpu_counts["BiasGelu"] == LAYERS
 
 
 @pytest.mark.parametrize("graph", ["audio_encoder", "text_encoder"])
@@ -53,7 +59,7 @@ def test_attention_fuses_once_per_layer(fused, graph):
 
 @pytest.mark.parametrize("graph", ["audio_encoder", "text_encoder"])
 def test_fused_graph_matches_pytorch_on_a_padded_batch(fused, base_width_model, graph):
-    _, path, inputs = fused[graph]
+    _, path, inputs, _ = fused[graph]
     spec = next(s for s in graphs.GRAPH_SPECS if s.name == graph)
     with torch.no_grad():
         expected = spec.wrapper(base_width_model)(*inputs)
