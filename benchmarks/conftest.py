@@ -13,7 +13,7 @@ from dataclasses import asdict
 import pytest
 
 from .artifacts import RouteUnavailable, artifacts_for
-from .machine import describe, measured_matmul_gflops, theoretical_cpu_gflops
+from .machine import describe, measured_matmul_gflops, onnxruntime_matmul_gflops, theoretical_cpu_gflops
 from .memory import case_key, probe_in_subprocess
 from .routes import CPU_ROUTES, GPU_ROUTES, build_route
 from .suite import Settings, settings_from_env
@@ -122,7 +122,9 @@ class BenchSession:
         seconds, size = (0.3, 1024) if self.settings.quick else (2.0, 2048)
         threads = self.settings.threads
         peaks = {"cpu_fp32_theoretical": theoretical_cpu_gflops(threads),
-                 "cpu_fp32_matmul": measured_matmul_gflops("cpu", "float32", threads, size, seconds)}
+                 "cpu_fp32_matmul_torch": measured_matmul_gflops("cpu", "float32", threads, size, seconds),
+                 "cpu_fp32_matmul_onnxruntime": onnxruntime_matmul_gflops(threads, size, seconds)}
+        peaks["cpu_fp32_matmul"] = max(peaks["cpu_fp32_matmul_torch"], peaks["cpu_fp32_matmul_onnxruntime"])
         import torch
 
         if torch.cuda.is_available():

@@ -23,8 +23,8 @@ COLUMNS = (
     ("route", "route", "{}"), ("p50 ms", "latency_p50_ms", "{:.1f}"), ("p90 ms", "latency_p90_ms", "{:.1f}"),
     ("p99 ms", "latency_p99_ms", "{:.1f}"), ("utt/s", "utterances_per_s", "{:.2f}"), ("RTFx", "rtfx", "{:.1f}"),
     ("vs PyTorch", "speedup", "{:.2f}x"), ("GFLOP/utt", "gflop_per_utterance", "{:.3g}"),
-    ("GFLOP/s", "achieved_gflops", "{:.3g}"), ("% peak", "percent_of_peak", "{:.2g}%"),
-    ("% matmul", "percent_of_matmul", "{:.2g}%"),
+    ("GFLOP/s", "achieved_gflops", "{:.3g}"), ("% peak", "percent_of_peak", "{:.0f}%"),
+    ("% matmul", "percent_of_matmul", "{:.0f}%"),
     ("peak MB", "peak_mb", "{:.0f}"), ("max Δp", "max_abs_dprob", "{:.1e}"), ("top-1", "top1_agreement", "{:.0%}"),
 )
 

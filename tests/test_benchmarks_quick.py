@@ -16,6 +16,7 @@ from benchmarks.flops import audio_frames, utterance_flops
 from benchmarks.suite import Settings, latency_figures, parity_figures, rounds_for, settings_from_env
 from benchmarks.workload import SHORTEST_ROW, Workload, benchmark_tokenizer, make_workload, token_range
 from mmer_rt.text import TextTokenizer
+from test_recognizer_fixtures import tiny_export, tiny_model_dir  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -202,3 +203,14 @@ def test_quick_suite_runs_end_to_end_and_reports(tmp_path):
     assert {"pytorch-eager", "pytorch-sdpa", "mmer-rt-fp32", "mmer-rt-int8"} <= routes
     report.main([str(result_json), "--out", str(tmp_path)])
     assert (tmp_path / "quick.png").is_file()
+
+
+@pytest.mark.parametrize("graph", ["audio_encoder", "text_encoder", "fusion"])
+def test_compare_graphs_times_each_directory_on_the_same_inputs(tiny_model_dir, tmp_path, capsys, graph):
+    from benchmarks import compare_graphs
+
+    compare_graphs.main([str(tiny_model_dir), str(tiny_model_dir), "--graph", graph, "--precision", "int8",
+                         "--seconds", "1", "--batch", "2", "--rounds", "2", "--threads", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{graph} int8, 2 x 1 s, 1 threads, 2 interleaved rounds"
+    assert len(lines) == 3 and all("median" in line and "max |diff| 0.00e+00" in line for line in lines[1:])
