@@ -9,8 +9,8 @@ shift: one batched MatMul and the activation instead of a dozen element-wise pas
 (about 5% of the fp32 audio graph's time at base size). The later layers stay the model's own Conv layers.
 
 Not done, by measurement (export/DESIGN.md): running the later convolutions as MatMuls so that the int8 variant
-quantises them too. It made the int8 audio graph 1.6x faster, but 8-bit activations in the front end moved the demo
-model's top-1 decision on 11% of its held-out clips.
+quantises them too. It made the int8 audio graph 1.3x faster still, but 8-bit activations in the front end moved
+the demo model's top-1 decision on 11% of its held-out clips.
 """
 
 from __future__ import annotations
