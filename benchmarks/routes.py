@@ -26,6 +26,7 @@ from .workload import Workload
 CPU_ROUTES = ("pytorch-eager", "pytorch-sdpa", "mmer-rt-fp32", "mmer-rt-int8", "optimum-fp32", "optimum-int8")
 GPU_ROUTES = ("pytorch-sdpa-fp16", "mmer-rt-fp16")
 PYTORCH_PREFIX = "pytorch-"
+MAX_BATCH = 128  # the largest batch any case runs (suite.py): the Recognizer route runs it as one batch
 
 
 @dataclass
@@ -83,7 +84,7 @@ def _recognizer_route(name, artifacts, threads, precision, device) -> Route:
         raise RouteUnavailable(f"{name}: the exported model directory {model_dir} holds no {precision} variant")
     # One graph run per call, as the PyTorch routes do: the Recognizer's default budget could split a large batch.
     recognizer = Recognizer.from_dir(model_dir, device=device, precision=precision, threads=threads,
-                                     batch_budget=BatchBudget(max_items=64, max_seconds=None))
+                                     batch_budget=BatchBudget(max_items=MAX_BATCH, max_seconds=None))
 
     def run(workload: Workload) -> np.ndarray:
         items = list(zip(workload.waveforms, workload.transcripts))

@@ -214,3 +214,33 @@ def test_compare_graphs_times_each_directory_on_the_same_inputs(tiny_model_dir, 
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{graph} int8, 2 x 1 s, 1 threads, 2 interleaved rounds"
     assert len(lines) == 3 and all("median" in line and "max |diff| 0.00e+00" in line for line in lines[1:])
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_the_recognizer_route_runs_every_batch_as_one(quick):
+    from benchmarks.routes import MAX_BATCH
+
+    settings = settings_from_env(quick=quick)
+    assert max(settings.batches + settings.gpu_batches) <= MAX_BATCH
+
+
+def _gpu_bench(tmp_path, *args) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "GPU_KIT_DIR": str(tmp_path / "kit"), "GPU_KIT_STORE": str(tmp_path / "store")}
+    return subprocess.run(["bash", str(REPO / "scripts" / "gpu_bench.sh"), *args], capture_output=True, text=True,
+                          env=env)
+
+
+def test_gpu_bench_receives_carried_parts_and_refuses_an_incomplete_kit(tmp_path):
+    assert "usage" in _gpu_bench(tmp_path).stderr
+    missing = _gpu_bench(tmp_path, "receive")
+    assert missing.returncode == 2 and "no .gpu-kit/part-* was carried" in missing.stderr
+    (tmp_path / "kit" / "part-1").mkdir(parents=True)
+    (tmp_path / "kit" / "part-1" / "chunk-0").write_bytes(b"first")
+    (tmp_path / "kit" / "part-2").mkdir()
+    (tmp_path / "kit" / "part-2" / "chunk-1").write_bytes(b"second")
+    subprocess.run("sha256sum part-*/chunk-* > SHA256SUMS", shell=True, check=True, cwd=tmp_path / "kit")
+    (tmp_path / "kit" / "part-2" / "chunk-1").unlink()  # this call carried part 1 only
+    received = _gpu_bench(tmp_path, "receive")
+    assert received.returncode == 0 and "chunk-0" in received.stdout
+    incomplete = _gpu_bench(tmp_path, "run")
+    assert incomplete.returncode == 2 and "kit incomplete or damaged" in incomplete.stderr
