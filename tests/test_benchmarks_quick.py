@@ -177,6 +177,21 @@ def test_report_computes_speedups_against_the_fastest_pytorch_and_judges_targets
     assert "Test CPU" in text and "| mmer-rt-fp32 | 2.00x | 2.00x |" in text and "`pytest benchmarks/`" in text
 
 
+def test_report_judges_the_gpu_targets_on_cuda_cases(tmp_path):
+    cases = [_case("pytorch-sdpa-fp16", 8.0, clip=5.0, device="cuda"),
+             _case("mmer-rt-fp16", 4.0, clip=5.0, device="cuda"),
+             _case("pytorch-sdpa-fp16", 40.0, clip=5.0, batch=128, device="cuda"),
+             _case("mmer-rt-fp16", 50.0, clip=5.0, batch=128, device="cuda")]
+    cases[3]["extra_info"]["utterances_per_s"] = 2560.0
+    run = report.load_runs([_write_run(tmp_path / "gpu.json", cases)])
+    mean, latency, throughput = report.target_lines(run.cases, "cuda")
+    assert "mmer-rt-fp16: 1.26x" in mean  # sqrt(2.0 x 0.8)
+    assert "5 s clip alone in 4.0 ms" in latency and latency.endswith(": met")
+    assert "2,560 utterances/s at 5 s (batch 128)" in throughput and throughput.endswith("not met")
+    text = report.markdown(run)
+    assert "## CUDA" in text and "## CPU" not in text
+
+
 def test_report_command_writes_markdown_and_png(tmp_path):
     path = _write_run(tmp_path / "cpu.json", [_case("pytorch-sdpa", 200.0, batch=b) for b in (1, 8)]
                       + [_case("mmer-rt-fp32", 150.0, batch=b) for b in (1, 8)])
