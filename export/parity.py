@@ -1,4 +1,5 @@
-"""Parity of exported graphs against the PyTorch fp32 model, measured on a probe set that includes loud audio."""
+"""Parity of exported graphs against the PyTorch fp32 model, measured on a probe set that includes loud audio and,
+when the user gives a data manifest, real speech."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmer_rt.audio import pad_batch
+from mmer_rt.audio import load_audio, pad_batch
+from mmer_rt.corpus import read_manifest
 from mmer_rt.modeldir import AUDIO_INPUTS, FUSION_INPUTS, TEXT_INPUTS
 from mmer_rt.text import TextTokenizer
 from training.model import MMER
 
-from .errors import ParityError
+from .errors import ExportError, ParityError
 
 # The largest max |delta probability| a variant may show against PyTorch fp32 before the export stops.
 # fp32: the issue's bound. fp16 and int8: several times the worst error measured on random and base-size
@@ -54,6 +56,64 @@ def make_probes(tokenizer_path: Path, sample_rate: int, max_samples: int, seed: 
     return Probes(input_values, sample_mask, encoded.input_ids, encoded.attention_mask, description)
 
 
+# Speech probes run in batches of this many clips of similar length, as the Recognizer batches them.
+SPEECH_BATCH = 8
+
+
+@dataclass
+class ProbeSet:
+    """What each variant is measured on: the synthetic batch, and batches of real speech when a manifest was given.
+
+    The synthetic probes alone can miss a loss that speech shows: on a trained model, int8 convolutions passed
+    them (max |delta p| 8e-6) while moving 11% of its held-out clips' decisions (export/DESIGN.md).
+    """
+
+    synthetic: Probes
+    speech: list[Probes]
+    description: str
+
+
+def make_probe_set(tokenizer_path: Path, sample_rate: int, max_samples: int, min_samples: int, max_tokens: int,
+                   speech_manifest: Path | None = None, speech_count: int = 32) -> ProbeSet:
+    """The synthetic probes, plus up to ``speech_count`` utterances of ``speech_manifest`` when one is given."""
+    synthetic = make_probes(tokenizer_path, sample_rate, max_samples)
+    if speech_manifest is None:
+        return ProbeSet(synthetic, [], synthetic.description)
+    speech, description = speech_probes(speech_manifest, tokenizer_path, max_samples, min_samples, max_tokens,
+                                        speech_count)
+    return ProbeSet(synthetic, speech, f"{synthetic.description}; {description}")
+
+
+def speech_probes(manifest: Path, tokenizer_path: Path, max_samples: int, min_samples: int, max_tokens: int,
+                  count: int) -> tuple[list[Probes], str]:
+    """Up to ``count`` utterances spread evenly over a data manifest, with their transcripts, as the runtime feeds
+    them: decoded and resampled to 16 kHz, cut to ``max_samples``, normalised, padded in batches of similar length.
+
+    Clips shorter than ``min_samples`` (the front end's receptive field, which the runtime refuses) are left out.
+
+    Raises:
+      ManifestError, AudioError: the manifest or one of the chosen clips cannot be read.
+      ExportError: ``count`` is not positive, or no chosen clip is long enough.
+    """
+    if count < 1:
+        raise ExportError(f"the number of speech probes must be positive; got {count}")
+    utterances = read_manifest(manifest)
+    picks = sorted(set(np.linspace(0, len(utterances) - 1, min(count, len(utterances))).round().astype(int)))
+    clips = [(utterances[i], load_audio(utterances[i].audio)[:max_samples]) for i in picks]
+    clips = sorted((clip for clip in clips if len(clip[1]) >= min_samples), key=lambda clip: len(clip[1]))
+    if not clips:
+        raise ExportError(f"{manifest}: none of the chosen clips is as long as the model's receptive field "
+                         f"({min_samples} samples)")
+    tokenizer = TextTokenizer(tokenizer_path, max_tokens)
+    batches = []
+    for start in range(0, len(clips), SPEECH_BATCH):
+        chunk = clips[start: start + SPEECH_BATCH]
+        values, mask = pad_batch([wave for _, wave in chunk])
+        encoded = tokenizer.encode_batch([utterance.text for utterance, _ in chunk])
+        batches.append(Probes(values, mask, encoded.input_ids, encoded.attention_mask, ""))
+    return batches, f"{len(clips)} utterances of {Path(manifest).name} with their transcripts"
+
+
 def _speech_like(rng: np.random.Generator, samples: int, sample_rate: int) -> np.ndarray:
     time = np.arange(samples) / sample_rate
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3.0, 6.0) * time) ** 2
@@ -83,6 +143,22 @@ def reference_outputs(model: MMER, probes: Probes) -> dict[str, np.ndarray]:
             "token_embeddings": token_embeddings.numpy()}
 
 
+def reference_for(model: MMER, probe_set: ProbeSet) -> dict:
+    """The PyTorch fp32 outputs on every batch of a probe set."""
+    return {"synthetic": reference_outputs(model, probe_set.synthetic),
+            "speech": [reference_outputs(model, batch) for batch in probe_set.speech]}
+
+
+def measure(sessions: dict, probe_set: ProbeSet, reference: dict) -> dict:
+    """A variant's parity report: ``compare`` on the synthetic probes, and under "speech" on the speech probes."""
+    report = compare(reference["synthetic"], run_graphs(sessions, probe_set.synthetic))
+    if probe_set.speech:
+        exported = [run_graphs(sessions, batch) for batch in probe_set.speech]
+        report["speech"] = {"clips": sum(len(batch.input_values) for batch in probe_set.speech),
+                            **compare_batches(reference["speech"], exported)}
+    return report
+
+
 def run_graphs(sessions: dict, probes: Probes) -> dict[str, np.ndarray]:
     """Run the three onnxruntime sessions in sequence on the probes, as the Recognizer does."""
     audio = dict(zip(("hidden_states", "frame_mask", "ctc_logits"), sessions["audio_encoder"].run(
@@ -108,12 +184,30 @@ def compare(reference: dict[str, np.ndarray], exported: dict[str, np.ndarray]) -
     }
 
 
-def check_tolerance(precision: str, report: dict, tolerance: float) -> None:
+def compare_batches(references: list[dict], exported: list[dict]) -> dict[str, float]:
+    """``compare`` over several batches: the worst of each max, top-1 agreement over all rows."""
+    reports = [compare(r, e) for r, e in zip(references, exported)]
+    rows = [len(r["logits"]) for r in references]
+    merged: dict = {key: max(report[key] for report in reports) for key in reports[0] if key.startswith("max_abs")}
+    merged["top1_agreement"] = sum(r["top1_agreement"] * n for r, n in zip(reports, rows)) / sum(rows)
+    merged["frame_mask_equal"] = all(report["frame_mask_equal"] for report in reports)
+    return merged
+
+
+def check_report(precision: str, report: dict, tolerance: float) -> None:
+    """``check_tolerance`` on the synthetic probes' figures and, where measured, the speech probes'."""
+    check_tolerance(precision, report, tolerance)
+    if "speech" in report:
+        check_tolerance(precision, report["speech"], tolerance, probes="the speech probes")
+
+
+def check_tolerance(precision: str, report: dict, tolerance: float, probes: str = "the synthetic probes") -> None:
     """Raise ParityError when a variant's probabilities drift past ``tolerance`` or its frame mask differs."""
     worst = report["max_abs_probability"]
     if not np.isfinite(worst) or worst > tolerance or not report["frame_mask_equal"]:
         raise ParityError(
-            f"the {precision} variant does not match the PyTorch fp32 model: max |delta probability| = {worst:.3g} "
+            f"the {precision} variant does not match the PyTorch fp32 model on {probes}: "
+            f"max |delta probability| = {worst:.3g} "
             f"(tolerance {tolerance:g}), max |delta logit| = {report['max_abs_logit']:.3g}, top-1 agreement "
             f"{report['top1_agreement']:.0%}, frame masks {'equal' if report['frame_mask_equal'] else 'DIFFER'}; "
             f"nothing was written. Leave {precision} out of --precision, or raise its tolerance with "

@@ -58,12 +58,18 @@ def export_model_dir(
     force: bool = False,
     tolerances: dict[str, float] | None = None,
     log: Callable[[str], None] = print,
+    speech_manifest: str | Path | None = None,
+    speech_count: int = 32,
 ) -> ModelManifest:
     """Export a checkpoint to the model directory ``out_dir``; returns the manifest written there.
+
+    Parity is measured on synthetic probes and, with ``speech_manifest`` (a data manifest, mmer_rt/corpus.py), on
+    up to ``speech_count`` of its utterances as well; the tolerances hold on both.
 
     Raises:
       training.checkpoint.CheckpointError: the checkpoint is missing, unreadable or of another format.
       ExportError: ``out_dir`` is a non-empty directory and ``force`` is False, or an option is invalid.
+      ManifestError, AudioError: the speech manifest or one of its chosen clips cannot be read.
       ParityError: a variant differs from the PyTorch fp32 model by more than its tolerance.
     """
     from training.checkpoint import load_checkpoint
@@ -72,12 +78,16 @@ def export_model_dir(
     tolerances = {**parity.TOLERANCES, **(tolerances or {})}
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, force)
-    steps = _Steps(4 + 2 * len(precisions), log)
+    if speech_count < 1:
+        raise ExportError(f"--speech-probes {speech_count}: give a positive number of utterances")
+    steps = _Steps(5 + 2 * len(precisions), log)
     model, tokenizer_path = steps.run(f"loading checkpoint {checkpoint_dir}", load_checkpoint, checkpoint_dir)
+    probe_set = steps.run("preparing the parity probes", _probe_set, model, tokenizer_path,
+                          None if speech_manifest is None else Path(speech_manifest), speech_count)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        manifest = _build(model, tokenizer_path, staging, precisions, tolerances, steps)
+        manifest = _build(model, tokenizer_path, probe_set, staging, precisions, tolerances, steps)
         _publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -85,7 +95,13 @@ def export_model_dir(
     return manifest
 
 
-def _build(model: MMER, tokenizer_path: Path, staging: Path, precisions: list[str],
+def _probe_set(model: MMER, tokenizer_path: Path, speech_manifest: Path | None, speech_count: int) -> parity.ProbeSet:
+    return parity.make_probe_set(
+        tokenizer_path, SAMPLE_RATE, model.config.max_audio_samples, min_samples=graphs.samples_for_frames(model, 1),
+        max_tokens=_max_text_tokens(model.config.text), speech_manifest=speech_manifest, speech_count=speech_count)
+
+
+def _build(model: MMER, tokenizer_path: Path, probes: parity.ProbeSet, staging: Path, precisions: list[str],
            tolerances: dict[str, float], steps: _Steps) -> ModelManifest:
     traced = staging / ".traced"
     traced.mkdir()
@@ -94,8 +110,7 @@ def _build(model: MMER, tokenizer_path: Path, staging: Path, precisions: list[st
     steps.run("tracing the three graphs (torch.onnx legacy exporter)", _trace, model, traced)
     fused = steps.run("fusing the encoders (onnxruntime transformer optimizer)", _fuse, model, traced, fp32,
                       "fp16" in precisions)
-    probes = parity.make_probes(tokenizer_path, SAMPLE_RATE, model.config.max_audio_samples)
-    reference = steps.run("running the PyTorch fp32 reference on the probes", parity.reference_outputs, model, probes)
+    reference = steps.run("running the PyTorch fp32 reference on the probes", parity.reference_for, model, probes)
     variants = {}
     for name in precisions:
         folder = steps.run(f"building the {name} graphs", _build_variant, name, fp32, traced, staging)
@@ -150,12 +165,12 @@ def _build_variant(name: str, fp32: Path, traced: Path, staging: Path) -> Path:
     return folder
 
 
-def _measure_variant(name: str, folder: Path, staging: Path, probes: parity.Probes, reference: dict,
+def _measure_variant(name: str, folder: Path, staging: Path, probes: parity.ProbeSet, reference: dict,
                      tolerance: float) -> VariantEntry:
     sessions, provider = _open_sessions(folder, prefer_cuda=name == "fp16")
-    report = parity.compare(reference, parity.run_graphs(sessions, probes))
+    report = parity.measure(sessions, probes, reference)
     report.update(tolerance_probability=tolerance, provider=provider)
-    parity.check_tolerance(name, report, tolerance)
+    parity.check_report(name, report, tolerance)
     entries = {}
     for graph_name in GRAPH_NAMES:
         path = folder / f"{graph_name}.onnx"
@@ -275,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default=",".join(PRECISIONS),
                         help="comma-separated variants to write (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists and is not empty")
+    parser.add_argument("--speech-manifest", type=Path, metavar="MANIFEST",
+                        help="also measure parity on utterances of this data manifest (JSONL, as for training): "
+                             "real speech can show losses the synthetic probes miss")
+    parser.add_argument("--speech-probes", type=int, default=32, metavar="N",
+                        help="how many of its utterances, spread evenly over it (default: %(default)s)")
     parser.add_argument("--tolerance", action="append", default=[], metavar="PRECISION=MAX",
                         help="override a variant's max |delta probability| against PyTorch fp32 (defaults: "
                              + ", ".join(f"{k}={v:g}" for k, v in parity.TOLERANCES.items()) + ")")
@@ -287,14 +307,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
         manifest = export_model_dir(args.checkpoint, args.out, precisions, args.force,
-                                    _parse_tolerances(args.tolerance), log)
+                                    _parse_tolerances(args.tolerance), log, args.speech_manifest, args.speech_probes)
     except mmer_rt.MMERError as error:
         log(f"error: {error}")
         return 1
     for name, variant in manifest.variants.items():
         report = variant.parity
-        log(f"{name}: max |delta probability| {report['max_abs_probability']:.2e}, max |delta logit| "
-            f"{report['max_abs_logit']:.2e}, top-1 agreement {report['top1_agreement']:.0%} ({report['provider']})")
+        line = (f"{name}: max |delta probability| {report['max_abs_probability']:.2e}, max |delta logit| "
+                f"{report['max_abs_logit']:.2e}, top-1 agreement {report['top1_agreement']:.0%}")
+        if "speech" in report:
+            speech = report["speech"]
+            line += (f"; on {speech['clips']} speech clips {speech['max_abs_probability']:.2e}, "
+                     f"{speech['max_abs_logit']:.2e}, {speech['top1_agreement']:.0%}")
+        log(f"{line} ({report['provider']})")
     log(f"wrote {args.out}")
     return 0
 

@@ -140,8 +140,17 @@ def _info(args: argparse.Namespace) -> int:
     print(f"text cleaning     {manifest.text_cleaning}")
     print(f"tokenizer         {manifest.tokenizer}")
     for name, variant in manifest.variants.items():
-        parity = ", ".join(f"{key}={value}" for key, value in variant.parity.items()) or "not recorded"
+        parity = ", ".join(f"{key}={value}" for key, value in _flat(variant.parity)) or "not recorded"
         print(f"variant {name:<9} parity: {parity}")
     for name, version in manifest.versions.items():
         print(f"version {name:<9} {version}")
     return 0
+
+
+def _flat(values: dict, prefix: str = ""):
+    """(key, value) pairs of a nested dict, nested keys joined with dots (parity's "speech.top1_agreement")."""
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

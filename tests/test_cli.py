@@ -132,3 +132,11 @@ def test_python_dash_m_runs_the_same_command_line(tiny_model_dir):
     done = subprocess.run([sys.executable, "-m", "mmer_rt", "info", str(tiny_model_dir)], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0 and "labels" in done.stdout
+
+
+def test_info_shows_nested_parity_figures_with_dotted_keys():
+    from mmer_rt.cli import _flat
+
+    parity = {"max_abs_probability": 1e-3, "speech": {"clips": 32, "top1_agreement": 1.0}}
+    assert list(_flat(parity)) == [("max_abs_probability", 1e-3), ("speech.clips", 32),
+                                   ("speech.top1_agreement", 1.0)]

@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from export.errors import ExportError, ParityError
-from export.parity import Probes, make_probes, run_graphs
+from export.parity import SPEECH_BATCH, Probes, check_report, make_probes, run_graphs, speech_probes
 from export.to_onnx import export_model_dir, main
 from mmer_rt.audio import pad_batch
+from mmer_rt.corpus import read_manifest
 from mmer_rt.modeldir import (
     AUDIO_INPUTS, AUDIO_OUTPUTS, FUSION_INPUTS, FUSION_OUTPUTS, GRAPH_NAMES, PRECISIONS, TEXT_INPUTS, TEXT_OUTPUTS,
     ModelManifest, verified_graph_path,
@@ -158,6 +159,53 @@ def test_probes_have_several_lengths_and_loud_clips(tiny_tokenizer_path):
     assert len(set(lengths.tolist())) == len(lengths) >= 5
     assert lengths.max() == 32_000  # capped at 2 s
     assert probes.attention_mask.sum(-1).min() >= 3  # <s>, at least one word, </s>
+
+
+def test_speech_probes_spread_over_the_manifest_in_batches_of_similar_length(synthetic_corpus, tiny_tokenizer_path):
+    batches, description = speech_probes(synthetic_corpus, tiny_tokenizer_path, max_samples=16_000, min_samples=60,
+                                         max_tokens=128, count=20)
+    assert description == f"20 utterances of {synthetic_corpus.name} with their transcripts"
+    lengths = np.concatenate([batch.sample_mask.sum(-1) for batch in batches])
+    assert len(lengths) == 20 and [len(b.input_values) for b in batches] == [SPEECH_BATCH, SPEECH_BATCH, 4]
+    assert (np.diff(lengths) >= 0).all() and lengths.max() == 16_000  # sorted by length, cut to max_samples
+    assert all(batch.attention_mask.sum(-1).min() >= 3 for batch in batches)  # real transcripts, tokenised
+    # A count beyond the manifest takes every utterance once; clips under the receptive field are left out.
+    everything, _ = speech_probes(synthetic_corpus, tiny_tokenizer_path, 16_000, 60, 128, count=1000)
+    assert sum(len(b.input_values) for b in everything) == len(read_manifest(synthetic_corpus))
+    with pytest.raises(ExportError, match="receptive field"):
+        speech_probes(synthetic_corpus, tiny_tokenizer_path, 16_000, min_samples=10**9, max_tokens=128, count=4)
+
+
+def test_export_measures_parity_on_speech_too(checkpoint, synthetic_corpus, tmp_path, capsys):
+    out = tmp_path / "model"
+    assert main([str(checkpoint), "--out", str(out), "--precision", "fp32,int8",
+                 "--speech-manifest", str(synthetic_corpus), "--speech-probes", "12"]) == 0
+    manifest = ModelManifest.read(out)
+    for precision, variant in manifest.variants.items():
+        speech = variant.parity["speech"]
+        assert speech["clips"] == 12 and speech["frame_mask_equal"]
+        assert speech["max_abs_probability"] <= variant.parity["tolerance_probability"]
+    assert manifest.variants["fp32"].parity["speech"]["max_abs_probability"] < 1e-4
+    assert f"12 utterances of {synthetic_corpus.name}" in manifest.extra["parity_probes"]
+    assert "on 12 speech clips" in capsys.readouterr().err
+
+
+def test_a_variant_that_fails_only_on_speech_stops_the_export():
+    report = {"max_abs_probability": 1e-3, "max_abs_logit": 1e-2, "top1_agreement": 1.0, "frame_mask_equal": True,
+              "speech": {"max_abs_probability": 0.9, "max_abs_logit": 4.0, "top1_agreement": 0.89,
+                         "frame_mask_equal": True}}
+    with pytest.raises(ParityError, match="int8 variant does not match the PyTorch fp32 model on the speech probes"):
+        check_report("int8", report, tolerance=0.05)
+    check_report("int8", {**report, "speech": {**report["speech"], "max_abs_probability": 0.01}}, tolerance=0.05)
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["--speech-manifest", "missing.jsonl"], "manifest not found: missing.jsonl"),
+    (["--speech-manifest", "missing.jsonl", "--speech-probes", "0"], "give a positive number of utterances"),
+])
+def test_cli_reports_a_bad_speech_manifest_without_traceback(checkpoint, tmp_path, capsys, argv, error):
+    assert main([str(checkpoint), "--out", str(tmp_path / "model"), *argv]) == 1
+    assert error in capsys.readouterr().err and not (tmp_path / "model").exists()
 
 
 def test_same_checkpoint_gives_same_graph_hashes(checkpoint, model_dir):
