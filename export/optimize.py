@@ -21,8 +21,9 @@ def optimize_encoder(source: Path, target: Path, num_heads: int, hidden_size: in
     wav2vec2's attention but drops the mask). Both of our encoders are post- or pre-LN BERT-style stacks.
 
     ``skip_layer_norm`` folds each residual Add (and bias) into its LayerNorm: right for the CUDA provider, but
-    onnxruntime 1.32's CPU SkipLayerNormalization kernel took 0.43 ms on a (250, 768) input where Add, Add and
-    LayerNormalization took 0.10 ms (2 threads), so the CPU graphs (fp32, int8) keep them apart.
+    onnxruntime 1.32's CPU SkipLayerNormalization kernel took 0.8 ms on a (250, 768) input where Add, Add and
+    LayerNormalization took 0.12 ms (2 threads; ``python -m benchmarks.skip_layer_norm``), so the CPU graphs
+    (fp32, int8) keep them apart.
     """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model

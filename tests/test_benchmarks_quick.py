@@ -259,3 +259,11 @@ def test_gpu_bench_receives_carried_parts_and_refuses_an_incomplete_kit(tmp_path
     assert received.returncode == 0 and "chunk-0" in received.stdout
     incomplete = _gpu_bench(tmp_path, "run")
     assert incomplete.returncode == 2 and "kit incomplete or damaged" in incomplete.stderr
+
+
+def test_skip_layer_norm_forms_compute_the_same_values():
+    from benchmarks import skip_layer_norm
+
+    figures = skip_layer_norm.measure(frames=7, hidden=16, threads=1, rounds=2)
+    assert figures["max_abs_difference"] < 1e-4
+    assert figures["fused_ms_per_op"] > 0 and figures["unfused_ms_per_op"] > 0
