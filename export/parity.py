@@ -89,14 +89,13 @@ def speech_probes(manifest: Path, tokenizer_path: Path, max_samples: int, min_sa
     """Up to ``count`` utterances spread evenly over a data manifest, with their transcripts, as the runtime feeds
     them: decoded and resampled to 16 kHz, cut to ``max_samples``, normalised, padded in batches of similar length.
 
-    Clips shorter than ``min_samples`` (the front end's receptive field, which the runtime refuses) are left out.
+    Clips shorter than ``min_samples`` (the front end's receptive field, which the runtime refuses) are left out;
+    ``count`` is at least 1 (``export_model_dir`` checks it before any work).
 
     Raises:
       ManifestError, AudioError: the manifest or one of the chosen clips cannot be read.
-      ExportError: ``count`` is not positive, or no chosen clip is long enough.
+      ExportError: no chosen clip is long enough.
     """
-    if count < 1:
-        raise ExportError(f"the number of speech probes must be positive; got {count}")
     utterances = read_manifest(manifest)
     picks = sorted(set(np.linspace(0, len(utterances) - 1, min(count, len(utterances))).round().astype(int)))
     clips = [(utterances[i], load_audio(utterances[i].audio)[:max_samples]) for i in picks]
