@@ -3,8 +3,8 @@
 Two peaks are given, because neither alone is honest: the theoretical one (cores x FLOPs per cycle x clock, from
 /proc/cpuinfo; a virtual machine's reported clock may not be its real one) and a measured one (a large fp32
 matrix product at the benchmark's thread count, in PyTorch and in onnxruntime, the faster of the two: what a
-well-tuned GEMM reaches here; on an AVX-512 AMD machine PyTorch's reached 208 GFLOP/s where onnxruntime's
-MLAS ran whole graphs at 370).
+well-tuned GEMM reaches here; on an AVX-512 AMD machine PyTorch's (MKL) reached about 200 GFLOP/s and
+onnxruntime's (MLAS) about 450).
 """
 
 from __future__ import annotations
