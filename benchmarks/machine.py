@@ -96,7 +96,9 @@ def onnxruntime_matmul_gflops(threads: int, size: int = 1024, seconds: float = 1
         [helper.make_node("MatMul", ["a", "b"], ["c"])], "sgemm",
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])],
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])], [weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # IR 8 is opset 17's: onnx's default is its own newest IR, which an older onnxruntime refuses (onnx 1.23 writes
+    # 14; onnxruntime-gpu 1.31 reads up to 13).
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

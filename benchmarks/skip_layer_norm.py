@@ -42,7 +42,8 @@ def chain_model(hidden: int, fused: bool):
         nodes, "residual_layer_norms",
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name in ("x", "skip")],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    return helper.make_model(graph, ir_version=8,  # opset 17's IR; onnx's newest can be ahead of onnxruntime's
+                             opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
 
 
 def measure(frames: int, hidden: int, threads: int, rounds: int) -> dict[str, float]:

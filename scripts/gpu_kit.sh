@@ -8,18 +8,21 @@
 # The kit holds onnxruntime-gpu (CUDA 13, cuDNN 9: the libraries torch's nvidia-* packages bring there),
 # soundfile (with cffi) and soxr, as wheels for the device's Python 3.12. scripts/gpu_bench.sh unpacks and uses it
 # there.
+#
+# Settings: GPU_KIT_DIR (default .gpu-kit), GPU_KIT_PART_MIB (default 60), GPU_KIT_PYTHON_VERSION (default 3.12).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIT=${GPU_KIT_DIR:-.gpu-kit}
 PY=${PYTHON:-python3}
 PART_MIB=${GPU_KIT_PART_MIB:-60}
+PY_VERSION=${GPU_KIT_PYTHON_VERSION:-3.12}  # the device image's Python; another only to rehearse the kit here
 # soundfile needs cffi (and it pycparser), which the image lacks; numpy, typing-extensions, flatbuffers, packaging
 # and protobuf are there.
 WHEELS=("onnxruntime-gpu==1.31.1" "soundfile==0.14.0" "soxr==1.1.0" "cffi==2.1.1" "pycparser==3.12")
 
 rm -rf "$KIT"
 mkdir -p "$KIT/wheels"
-"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PY_VERSION" --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 -d "$KIT/wheels" "${WHEELS[@]}"
 # xz shrinks the CUDA provider's 284 MB library by a fifth more than the wheel's zip does: one call fewer.

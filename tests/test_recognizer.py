@@ -21,7 +21,8 @@ from mmer_rt.audio import pad_batch
 from mmer_rt.modeldir import MANIFEST_NAME
 from mmer_rt.session import CPU_PROVIDER, CUDA_PROVIDER
 from mmer_rt.text import TextTokenizer, ctc_greedy_decode
-from test_recognizer_fixtures import TINY_MAX_AUDIO_SAMPLES, noise, tiny_export, tiny_model_dir  # noqa: F401
+from test_recognizer_fixtures import (  # noqa: F401
+    TINY_MAX_AUDIO_SAMPLES, cuda_starts, noise, tiny_export, tiny_model_dir)
 
 RATE = 16_000
 LENGTHS = (800, 3_000, 5_555, TINY_MAX_AUDIO_SAMPLES)  # 0.05 s to the longest the model takes
@@ -356,9 +357,10 @@ def test_cuda_without_cuda_is_a_clear_error(tiny_model_dir):
         Recognizer.from_dir(tiny_model_dir, device="cuda")
 
 
-@pytest.mark.skipif(CUDA_PROVIDER in ort.get_available_providers(), reason="this onnxruntime offers CUDA")
+@pytest.mark.skipif(cuda_starts(), reason="CUDA really starts here")
 def test_cuda_that_does_not_start_is_reported(tiny_model_dir, monkeypatch):
-    # Pretend the CUDA provider is offered; the sessions then fall back to the CPU, as a broken install would.
+    # Where onnxruntime has no CUDA provider, pretend it offers one: the sessions then fall back to the CPU, as
+    # onnxruntime-gpu's do on a machine with no GPU or without its CUDA libraries.
     monkeypatch.setattr(ort, "get_available_providers", lambda: [CUDA_PROVIDER, CPU_PROVIDER])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Specified provider 'CUDAExecutionProvider'")
@@ -383,7 +385,7 @@ def test_device_resident_pipeline_matches_the_host_one(tiny_model_dir, recognize
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(CUDA_PROVIDER not in ort.get_available_providers(), reason="needs onnxruntime with CUDA")
+@pytest.mark.skipif(not cuda_starts(), reason="needs a CUDA GPU and onnxruntime-gpu whose CUDA provider starts")
 def test_cuda_matches_cpu(tiny_model_dir, recognizer):
     cuda = Recognizer.from_dir(tiny_model_dir, device="cuda", precision="fp32")
     assert cuda.providers[0] == CUDA_PROVIDER

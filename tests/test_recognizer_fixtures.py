@@ -7,6 +7,7 @@ temporary directory, later ones find it there), so that several test modules can
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,26 @@ import pytest
 
 TINY_MAX_AUDIO_SAMPLES = 8_000  # 0.5 s: small enough that the long-audio policies are cheap to test
 TINY_TEXTS = ("oh wow you came back for me", "leave me alone please", "we lost the house", "okay fine whatever")
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_starts() -> bool:
+    """Whether onnxruntime's CUDA provider really starts a session here. onnxruntime-gpu offers the provider on a
+    machine with no GPU or without the CUDA libraries, and its sessions then run on the CPU, so being offered is not
+    enough for a test that needs CUDA."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from mmer_rt.session import CPU_PROVIDER, CUDA_PROVIDER
+
+    if CUDA_PROVIDER not in ort.get_available_providers():
+        return False
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [value],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    session = ort.InferenceSession(model.SerializeToString(), providers=[CUDA_PROVIDER, CPU_PROVIDER])
+    return session.get_providers()[0] == CUDA_PROVIDER
 
 
 def build_tiny_model_dir(base: Path) -> tuple[Path, Path]:
