@@ -3,10 +3,15 @@
 #
 #   bash scripts/gpu_bench.sh receive    keep the carried .gpu-kit/part-N under $GPU_KIT_STORE (outside the
 #                                        repository, so it survives between calls while the machine stays warm)
-#   bash scripts/gpu_bench.sh run        once every part is there: check and unpack the kit, install it under
-#                                        $GPU_KIT_STORE/site, then run the GPU cases (fp16 graphs on the CUDA
-#                                        provider with IOBinding against PyTorch fp16 autocast) and copy the
-#                                        pytest-benchmark JSON and the report to $OUT
+#   bash scripts/gpu_bench.sh unpack     once every part is there: check the parts against SHA256SUMS, unpack the
+#                                        kit and install it under $GPU_KIT_STORE/site (once)
+#   bash scripts/gpu_bench.sh run        unpack, then check CUDA at tiny size (the gpu-marked test and the
+#                                        quick suite's GPU cases: a broken setup stops here within a minute), then
+#                                        run the GPU cases at base size (fp16 graphs on the CUDA provider with
+#                                        IOBinding against PyTorch fp16 autocast) and copy the pytest-benchmark
+#                                        JSON, the report and the export's manifest (its parity) to $OUT
+#
+# Rehearsed on a CPU machine (GPU_KIT_PYTHON_VERSION=3.11 for the kit): everything up to the CUDA check runs.
 #
 # Settings: GPU_KIT_DIR (default .gpu-kit), GPU_KIT_STORE (default /tmp/mmer-gpu-kit), MMER_BENCH_SECONDS
 # (default 2 here), GPU_BENCH_SELECT (pytest -k expression; default: the two GPU routes).
@@ -29,7 +34,7 @@ case "${1:-}" in
     [ "$found" = 1 ] || { echo "no .gpu-kit/part-* was carried: name one in the call's carry" >&2; exit 2; }
     echo "kit parts held in $STORE: $(cd "$STORE" && ls chunk-* | tr '\n' ' ')"
     ;;
-  run)
+  unpack|run)
     [ -f "$KIT/SHA256SUMS" ] || { echo "carry .gpu-kit/SHA256SUMS with this call" >&2; exit 2; }
     # The sums name part-N/chunk-M; the chunks sit flat in the store.
     sums=$(realpath "$KIT/SHA256SUMS")
@@ -37,10 +42,13 @@ case "${1:-}" in
       echo "kit incomplete or damaged in $STORE (have: $(cd "$STORE" && ls chunk-* 2>/dev/null | tr '\n' ' '))" >&2
       exit 2
     }
-    if [ ! -d "$STORE/site/onnxruntime" ]; then
+    if [ ! -f "$STORE/site/.installed" ]; then
+      rm -rf "$STORE/wheels" "$STORE/site"
       cat "$STORE"/chunk-* | xz -d | tar -C "$STORE" -xf -
       "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$STORE/site" "$STORE"/wheels/*.whl
+      touch "$STORE/site/.installed"
     fi
+    [ "$1" = unpack ] && { echo "kit installed in $STORE/site: $(ls "$STORE/site" | tr '\n' ' ')"; exit 0; }
     # onnxruntime-gpu ahead of the image's CPU onnxruntime; the CUDA and cuDNN libraries from torch's packages.
     export PYTHONPATH="$STORE/site${PYTHONPATH:+:$PYTHONPATH}"
     nvidia_libs=$("$PY" - <<'PYEOF'
@@ -52,15 +60,22 @@ PYEOF
     export LD_LIBRARY_PATH="$nvidia_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     "$PY" -c "import onnxruntime as o, torch; print('onnxruntime', o.__version__, o.get_available_providers()); print('torch', torch.__version__, torch.cuda.get_device_name(0))"
-    export MMER_BENCH_SECONDS=${MMER_BENCH_SECONDS:-2} PYTHONUNBUFFERED=1
     select=${GPU_BENCH_SELECT:-"pytorch-sdpa-fp16 or mmer-rt-fp16"}
-    set -o pipefail
-    "$PY" -m pytest benchmarks/ -q -k "$select" --benchmark-json "$OUT/gpu.json" 2>&1 | tee "$OUT/gpu.log"
+    export PYTHONUNBUFFERED=1
+    # Smoke first (a minute at tiny size): a CUDA problem then ends the call early, not after the base-size export.
+    "$PY" -m pytest tests/test_recognizer.py -q -m gpu -rs 2>&1 | tee "$OUT/smoke.log"
+    grep -q "1 passed" "$OUT/smoke.log" || { echo "the CUDA test did not pass: see smoke.log" >&2; exit 1; }
+    MMER_BENCH_SECONDS=0.2 "$PY" -m pytest benchmarks/ --quick -q -rs -k "$select" 2>&1 | tee -a "$OUT/smoke.log"
+    if grep -q "SKIPPED" "$OUT/smoke.log"; then echo "GPU cases skipped at tiny size: see smoke.log" >&2; exit 1; fi
+    export MMER_BENCH_SECONDS=${MMER_BENCH_SECONDS:-2}
+    "$PY" -m pytest benchmarks/ -q -rs -k "$select" --benchmark-json "$OUT/gpu.json" 2>&1 | tee "$OUT/gpu.log"
     "$PY" -m benchmarks.report "$OUT/gpu.json" --out "$OUT/" \
       --command "bash scripts/gpu_bench.sh run  (MMER_BENCH_SECONDS=$MMER_BENCH_SECONDS, -k \"$select\")"
+    # The export's own parity report (fp16 measured on the CUDA provider where it starts).
+    cp .bench-cache/base-*/model/mmer.json "$OUT/" 2>/dev/null || true
     ;;
   *)
-    echo "usage: bash scripts/gpu_bench.sh receive|run   (see the header of this script)" >&2
+    echo "usage: bash scripts/gpu_bench.sh receive|unpack|run   (see the header of this script)" >&2
     exit 2
     ;;
 esac

@@ -4,6 +4,7 @@
 #
 #   bash scripts/gpu_kit.sh        writes .gpu-kit/part-1 ... part-N (each one chunk of .gpu-kit/kit.tar.xz) and
 #                                  .gpu-kit/SHA256SUMS, and prints the device calls to make with them
+#   bash scripts/gpu_kit.sh DIR    the same with the wheels in DIR instead of those downloaded below
 #
 # The kit holds onnxruntime-gpu (CUDA 13, cuDNN 9: the libraries torch's nvidia-* packages bring there),
 # soundfile (with cffi) and soxr, as wheels for the device's Python 3.12. scripts/gpu_bench.sh unpacks and uses it
@@ -22,9 +23,14 @@ WHEELS=("onnxruntime-gpu==1.31.1" "soundfile==0.14.0" "soxr==1.1.0" "cffi==2.1.1
 
 rm -rf "$KIT"
 mkdir -p "$KIT/wheels"
-"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PY_VERSION" --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 -d "$KIT/wheels" "${WHEELS[@]}"
+if [ -n "${1:-}" ]; then
+  ls "$1"/*.whl > /dev/null || { echo "$1: no wheels (*.whl) there" >&2; exit 2; }
+  cp "$1"/*.whl "$KIT/wheels/"
+else
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version "$PY_VERSION" --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d "$KIT/wheels" "${WHEELS[@]}"
+fi
 # xz shrinks the CUDA provider's 284 MB library by a fifth more than the wheel's zip does: one call fewer.
 tar -C "$KIT" -cf - wheels | xz -T0 -6 > "$KIT/kit.tar.xz"
 rm -r "$KIT/wheels"
