@@ -86,7 +86,6 @@ def measured_matmul_gflops(device: str = "cpu", dtype_name: str = "float32", thr
 def onnxruntime_matmul_gflops(threads: int, size: int = 1024, seconds: float = 1.0) -> float:
     """GFLOP/s of repeated (size x size) fp32 matrix products run by onnxruntime's CPU provider (MLAS)."""
     import numpy as np
-    import onnx
     import onnxruntime
     from onnx import TensorProto, helper, numpy_helper
 

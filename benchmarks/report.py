@@ -146,10 +146,11 @@ def markdown(run: Run, command: str | None = None) -> str:
                    if r not in {c["route"] for c in device_cases}]
         if missing:
             lines += ["", f"Not in this run (skipped; see the pytest log for why): {', '.join(missing)}."]
-    lines += ["", "Speed-up: the fastest PyTorch route's median latency over this route's, same case, same run. "
-              "GFLOP/utt counts useful work (no padding); % peak is of the theoretical fp32 peak (CPU; "
-              "cores x FLOPs per cycle x the clock /proc/cpuinfo reports, which boost can exceed), % matmul of a large fp32 matrix product measured in the same run "
-              "(on a GPU both are of a measured fp16 or fp32 matmul). Parity: against PyTorch fp32 sdpa on the CPU, same inputs.", ""]
+    lines += ["", ("Speed-up: the fastest PyTorch route's median latency over this route's, same case, same run. "
+                   "GFLOP/utt counts useful work (no padding); % peak is of the theoretical fp32 peak (CPU; cores x "
+                   "FLOPs per cycle x the clock /proc/cpuinfo reports, which boost can exceed), % matmul of a large "
+                   "fp32 matrix product measured in the same run (on a GPU both are of a measured fp16 or fp32 "
+                   "matmul). Parity: against PyTorch fp32 sdpa on the CPU, same inputs."), ""]
     return "\n".join(lines)
 
 
@@ -211,13 +212,16 @@ def _machine_lines(machine_info: dict) -> list[str]:
     described, settings, peaks = mmer.get("machine", {}), mmer.get("settings", {}), mmer.get("peaks_gflops", {})
     cpu = described.get("cpu", {})
     versions = ", ".join(f"{k} {v}" for k, v in described.get("versions", {}).items() if v)
+    batches = f"{settings.get('batches')}"
+    if described.get("gpu"):
+        batches += f" on the CPU, {settings.get('gpu_batches')} on the GPU"
     lines = [
         f"- CPU: {cpu.get('model', '?')}, {cpu.get('logical_cpus', '?')} logical CPUs, {cpu.get('simd', '?')}, "
         f"{cpu.get('mhz') or '?'} MHz; {settings.get('threads', '?')} threads for every route",
         f"- GPU: {described.get('gpu') or 'none'}",
         "- Peaks (GFLOP/s): " + ", ".join(f"{k} {v}" for k, v in peaks.items() if v),
-        f"- Size: {settings.get('size', '?')} (random weights); clips {settings.get('clips')} s, batches "
-        f"{settings.get('batches')}; {settings.get('seconds_per_case')} s of rounds per case",
+        f"- Size: {settings.get('size', '?')} (random weights); clips {settings.get('clips')} s, batches {batches}; "
+        f"{settings.get('seconds_per_case')} s of rounds per case",
         f"- Python {described.get('python', '?')}; {versions}",
     ]
     optimum = mmer.get("optimum")

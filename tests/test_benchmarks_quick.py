@@ -155,9 +155,10 @@ def _case(route, p50, clip=2.0, batch=1, top1=1.0, device="cpu"):
         "fraction_of_cpu_sgemm": 0.8, "max_abs_dprob": 1e-6, "top1_agreement": top1, "peak_mb": 900.0}}
 
 
-def _write_run(path: Path, cases: list[dict]) -> Path:
-    path.write_text(json.dumps({"machine_info": {"mmer": {"settings": {"threads": 2}, "machine": {
-        "cpu": {"model": "Test CPU"}}}}, "benchmarks": cases}))
+def _write_run(path: Path, cases: list[dict], gpu: str | None = None) -> Path:
+    settings = {"threads": 2, "size": "base", "batches": [1, 8], "gpu_batches": [1, 8, 32, 128]}
+    path.write_text(json.dumps({"machine_info": {"mmer": {"settings": settings, "machine": {
+        "cpu": {"model": "Test CPU"}, "gpu": gpu}}}, "benchmarks": cases}))
     return path
 
 
@@ -174,6 +175,7 @@ def test_report_computes_speedups_against_the_fastest_pytorch_and_judges_targets
     assert "2.00x" in fp32_line and "target 1.25x: met" in fp32_line and "ahead of optimum" in fp32_line
     assert "target 2.0x: not met" in int8_line and "98%" in int8_line and "behind" in int8_line
     text = report.markdown(run, command="pytest benchmarks/")
+    assert "- GPU: none" in text and "batches [1, 8];" in text
     assert "Test CPU" in text and "| mmer-rt-fp32 | 2.00x | 2.00x |" in text and "`pytest benchmarks/`" in text
 
 
@@ -183,13 +185,14 @@ def test_report_judges_the_gpu_targets_on_cuda_cases(tmp_path):
              _case("pytorch-sdpa-fp16", 40.0, clip=5.0, batch=128, device="cuda"),
              _case("mmer-rt-fp16", 50.0, clip=5.0, batch=128, device="cuda")]
     cases[3]["extra_info"]["utterances_per_s"] = 2560.0
-    run = report.load_runs([_write_run(tmp_path / "gpu.json", cases)])
+    run = report.load_runs([_write_run(tmp_path / "gpu.json", cases, gpu="Test GPU")])
     mean, latency, throughput = report.target_lines(run.cases, "cuda")
     assert "mmer-rt-fp16: 1.26x" in mean  # sqrt(2.0 x 0.8)
     assert "5 s clip alone in 4.0 ms" in latency and latency.endswith(": met")
     assert "2,560 utterances/s at 5 s (batch 128)" in throughput and throughput.endswith("not met")
     text = report.markdown(run)
     assert "## CUDA" in text and "## CPU" not in text
+    assert "- GPU: Test GPU" in text and "batches [1, 8] on the CPU, [1, 8, 32, 128] on the GPU" in text
 
 
 def test_report_command_writes_markdown_and_png(tmp_path):

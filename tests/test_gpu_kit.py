@@ -101,9 +101,10 @@ def test_the_kit_goes_over_in_parts_and_installs_only_when_whole(kit, tmp_path):
     done = script("gpu_bench.sh", "unpack", env={"GPU_KIT_DIR": str(tmp_path / "call-None"),
                                                  "GPU_KIT_STORE": str(store)})
     assert done.returncode == 0, done.stderr
-    probe = subprocess.run([sys.executable, "-c", "import kitprobe, os; print(kitprobe.ANSWER, "
-                            "os.path.getsize(os.path.join(os.path.dirname(kitprobe.__file__), 'payload.bin')))"],
-                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(store / "site")})
+    code = ("import kitprobe, os; "
+            "print(kitprobe.ANSWER, os.path.getsize(os.path.join(os.path.dirname(kitprobe.__file__), 'payload.bin')))")
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(store / "site")})
     assert probe.stdout.split() == ["42", str(5 * 1024 * 1024 // 2)]
 
 

@@ -192,7 +192,7 @@ def test_built_model_config_records_spec_augment_off(tiny_model):
 
 
 def test_pretrained_encoders_are_loaded_from_local_directories(tmp_path, tiny_tokenizer_path):
-    from transformers import AutoTokenizer, RobertaModel, RobertaTokenizerFast, Wav2Vec2Config, Wav2Vec2Model
+    from transformers import RobertaModel, RobertaTokenizerFast, Wav2Vec2Config, Wav2Vec2Model
     from transformers.models.roberta import RobertaConfig
     from tokenizers import Tokenizer
 
