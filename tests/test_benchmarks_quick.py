@@ -242,31 +242,19 @@ def test_the_recognizer_route_runs_every_batch_as_one(quick):
     assert max(settings.batches + settings.gpu_batches) <= MAX_BATCH
 
 
-def _gpu_bench(tmp_path, *args) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "GPU_KIT_DIR": str(tmp_path / "kit"), "GPU_KIT_STORE": str(tmp_path / "store")}
-    return subprocess.run(["bash", str(REPO / "scripts" / "gpu_bench.sh"), *args], capture_output=True, text=True,
-                          env=env)
-
-
-def test_gpu_bench_receives_carried_parts_and_refuses_an_incomplete_kit(tmp_path):
-    assert "usage" in _gpu_bench(tmp_path).stderr
-    missing = _gpu_bench(tmp_path, "receive")
-    assert missing.returncode == 2 and "no .gpu-kit/part-* was carried" in missing.stderr
-    (tmp_path / "kit" / "part-1").mkdir(parents=True)
-    (tmp_path / "kit" / "part-1" / "chunk-0").write_bytes(b"first")
-    (tmp_path / "kit" / "part-2").mkdir()
-    (tmp_path / "kit" / "part-2" / "chunk-1").write_bytes(b"second")
-    subprocess.run("sha256sum part-*/chunk-* > SHA256SUMS", shell=True, check=True, cwd=tmp_path / "kit")
-    (tmp_path / "kit" / "part-2" / "chunk-1").unlink()  # this call carried part 1 only
-    received = _gpu_bench(tmp_path, "receive")
-    assert received.returncode == 0 and "chunk-0" in received.stdout
-    incomplete = _gpu_bench(tmp_path, "run")
-    assert incomplete.returncode == 2 and "kit incomplete or damaged" in incomplete.stderr
-
-
 def test_skip_layer_norm_forms_compute_the_same_values():
     from benchmarks import skip_layer_norm
 
     figures = skip_layer_norm.measure(frames=7, hidden=16, threads=1, rounds=2)
     assert figures["max_abs_difference"] < 1e-4
     assert figures["fused_ms_per_op"] > 0 and figures["unfused_ms_per_op"] > 0
+
+
+def test_per_row_int8_does_not_depend_on_the_batch_and_per_tensor_does():
+    from benchmarks import per_token_int8
+
+    figures = per_token_int8.measure(t=6, k=32, n=8, threads=1, rounds=2)
+    assert figures["fp32"]["error_alone"] < 1e-5
+    per_row, per_tensor = figures["per-token"], figures["dqmm"]
+    assert 0 < per_row["error_alone"] < 0.1 and per_row["error_batched_with_loud"] == per_row["error_alone"]
+    assert per_tensor["error_batched_with_loud"] > 5 * per_tensor["error_alone"]

@@ -124,6 +124,11 @@ def test_a_damaged_part_is_refused(kit, tmp_path):
     assert not (store / "site").exists()
 
 
+def test_gpu_bench_names_its_steps_when_given_none(tmp_path):
+    got = script("gpu_bench.sh", env={"GPU_KIT_STORE": str(tmp_path / "store")})
+    assert got.returncode == 2 and "usage: bash scripts/gpu_bench.sh receive|unpack|run" in got.stderr
+
+
 def test_kit_from_a_folder_without_wheels_is_refused(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
