@@ -127,6 +127,21 @@ def test_same_answer_alone_or_in_any_batch(tiny_model_dir, recognizer):
     np.testing.assert_allclose([probabilities(recognizer, p) for p in reversed_got], alone, atol=1e-5)
 
 
+def test_int8_one_utterance_per_batch_gives_the_answer_alone(tiny_model_dir):
+    # int8's dynamic quantisation scales activations per batch, so an utterance's answer moves with its
+    # neighbours; BatchBudget(max_items=1), as the README says, takes that away.
+    square = np.sign(np.sin(np.arange(5_000) * 0.05)).astype(np.float32)  # other activations than noise's
+    items = [(noise(3_000, seed=1), TEXT), (square, "okay fine"), (noise(2_000, seed=3), None)]
+    batched = Recognizer.from_dir(tiny_model_dir, device="cpu", precision="int8")
+    single = Recognizer.from_dir(tiny_model_dir, device="cpu", precision="int8", batch_budget=BatchBudget(1, None))
+    alone = np.array([probabilities(batched, batched.predict(w, t, RATE)) for w, t in items])
+    got = single.predict_batch([Utterance(w, t, RATE) for w, t in items])
+    np.testing.assert_array_equal([probabilities(single, p) for p in got], alone)
+    together = batched.predict_batch([Utterance(w, t, RATE) for w, t in items])
+    moved = np.abs(np.array([probabilities(batched, p) for p in together]) - alone).max()
+    assert 0 < moved < 0.05
+
+
 def test_results_come_back_in_input_order(recognizer):
     lengths = (500, 7_000, 1_000, 5_000, 2_000)
     got = recognizer.predict_batch([(noise(n, seed=n), None) for n in lengths], sample_rate=RATE)
