@@ -12,7 +12,7 @@ Rows of a batch are 100, 95, 90 ... % of the clip length, padded as the runtime 
 from __future__ import annotations
 
 import argparse
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,8 @@ import numpy as np
 from mmer_rt.audio import SAMPLE_RATE, pad_batch
 from mmer_rt.modeldir import GRAPH_NAMES, ModelManifest, verified_graph_path
 from mmer_rt.session import open_session
+
+from .micro import interleaved_rounds
 
 
 def graph_inputs(session, graph: str, seconds: float, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -59,12 +61,8 @@ def main(argv: list[str] | None = None) -> None:
         sessions.append(open_session(verified_graph_path(model_dir, entry), "cpu", args.threads))
     feeds = graph_inputs(sessions[0], args.graph, args.seconds, args.batch)
     first_outputs = [session.run(None, feeds)[0] for session in sessions]  # also the warm-up
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(args.rounds):
-        for index, session in enumerate(sessions):
-            started = time.perf_counter()
-            session.run(None, feeds)
-            times[index].append(time.perf_counter() - started)
+    times = interleaved_rounds({index: partial(session.run, None, feeds) for index, session in enumerate(sessions)},
+                               args.rounds).values()
     print(f"{args.graph} {args.precision}, {args.batch} x {args.seconds:g} s, {args.threads} threads, "
           f"{args.rounds} interleaved rounds")
     for model_dir, output, rounds in zip(args.model_dirs, first_outputs, times):

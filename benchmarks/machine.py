@@ -15,6 +15,8 @@ import time
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 
+from .micro import onnx_model
+
 # fp32 FLOPs per cycle per core: two FMA pipes x SIMD lanes x 2 (multiply and add). AVX-512 parts differ in FMA
 # pipe count; two is the common server figure and the table says so rather than guessing per model.
 FLOPS_PER_CYCLE = {"avx512f": 64, "avx2+fma": 32, "sse": 8}
@@ -95,9 +97,7 @@ def onnxruntime_matmul_gflops(threads: int, size: int = 1024, seconds: float = 1
         [helper.make_node("MatMul", ["a", "b"], ["c"])], "sgemm",
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])],
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])], [weight])
-    # IR 8 is opset 17's: onnx's default is its own newest IR, which an older onnxruntime refuses (onnx 1.23 writes
-    # 14; onnxruntime-gpu 1.31 reads up to 13).
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = onnx_model(graph)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

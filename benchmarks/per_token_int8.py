@@ -6,7 +6,7 @@
               then row and column scales: each row is quantised alone, so the answer does not depend on the batch;
   fp32        MatMul and Add.
 
-For each shape it prints the median time per call (interleaved rounds, the best of three) and the error of a quiet
+For each shape it prints the median time per call (interleaved rounds) and the error of a quiet
 utterance's output against fp32, alone and batched with one 30 times louder:
 
     python -m benchmarks.per_token_int8 [--threads 2]
@@ -15,9 +15,11 @@ utterance's output against fp32, alone and batched with one 30 times louder:
 from __future__ import annotations
 
 import argparse
-import time
+from functools import partial
 
 import numpy as np
+
+from .micro import interleaved_rounds, onnx_model
 
 SHAPES = ((250, 768, 768), (250, 768, 3072), (250, 3072, 768))  # 5 s of wav2vec2-base: QKV-sized, FFN in, FFN out
 
@@ -26,14 +28,12 @@ def _session(nodes, initializers, k: int, n: int, threads: int):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
+    from mmer_rt.session import session_options
+
     graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t", n])], initializers)
-    model = helper.make_model(graph, ir_version=8,
-                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(onnx_model(graph, contrib=True).SerializeToString(), session_options(threads),
+                                providers=["CPUExecutionProvider"])
 
 
 def build_sessions(weight: np.ndarray, bias: np.ndarray, threads: int) -> dict:
@@ -68,19 +68,9 @@ def build_sessions(weight: np.ndarray, bias: np.ndarray, threads: int) -> dict:
     }
 
 
-def _median_ms(session, feeds, rounds: int) -> float:
-    session.run(None, feeds)
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - started)
-    return 1000 * float(np.median(times))
-
-
-def measure(t: int, k: int, n: int, threads: int, rounds: int = 50, seed: int = 0) -> dict:
-    """Per route: best-of-three median ms for one (1, t, k) call, and the quiet row's max |error| alone and
-    batched with a loud one (both against fp32 in float64)."""
+def measure(t: int, k: int, n: int, threads: int, rounds: int = 100, seed: int = 0) -> dict:
+    """Per route: the median ms of one (1, t, k) call over interleaved rounds, and the quiet row's max |error| alone
+    and batched with a loud one (both against fp32 in float64)."""
     rng = np.random.default_rng(seed)
     weight = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
     bias = (0.1 * rng.standard_normal(n)).astype(np.float32)
@@ -88,16 +78,16 @@ def measure(t: int, k: int, n: int, threads: int, rounds: int = 50, seed: int = 
     loud = 30 * rng.standard_normal((1, t, k)).astype(np.float32)
     exact = quiet[0].astype(np.float64) @ weight.astype(np.float64) + bias
     sessions = build_sessions(weight, bias, threads)
-    best = {name: float("inf") for name in sessions}
-    for _ in range(3):  # interleaved, so that a busy moment of the machine hits every route alike
-        for name, session in sessions.items():
-            best[name] = min(best[name], _median_ms(session, {"x": quiet}, rounds))
     figures = {}
-    for name, session in sessions.items():
+    for name, session in sessions.items():  # also the warm-up
         alone = session.run(None, {"x": quiet})[0][0]
         batched = session.run(None, {"x": np.concatenate([quiet, loud])})[0][0]
-        figures[name] = {"ms": best[name], "error_alone": float(np.abs(alone - exact).max()),
+        figures[name] = {"error_alone": float(np.abs(alone - exact).max()),
                          "error_batched_with_loud": float(np.abs(batched - exact).max())}
+    times = interleaved_rounds({name: partial(session.run, None, {"x": quiet}) for name, session in sessions.items()},
+                               rounds)
+    for name, seconds in times.items():
+        figures[name]["ms"] = 1000 * float(np.median(seconds))
     return figures
 
 

@@ -10,9 +10,11 @@ prints the median time per operator of each form and checks that both compute th
 from __future__ import annotations
 
 import argparse
-import time
+from functools import partial
 
 import numpy as np
+
+from .micro import interleaved_rounds, onnx_model
 
 CHAIN = 25
 EPSILON = 1e-5
@@ -42,8 +44,7 @@ def chain_model(hidden: int, fused: bool):
         nodes, "residual_layer_norms",
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name in ("x", "skip")],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], initializers)
-    return helper.make_model(graph, ir_version=8,  # opset 17's IR; onnx's newest can be ahead of onnxruntime's
-                             opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    return onnx_model(graph, contrib=True)
 
 
 def measure(frames: int, hidden: int, threads: int, rounds: int) -> dict[str, float]:
@@ -58,12 +59,7 @@ def measure(frames: int, hidden: int, threads: int, rounds: int) -> dict[str, fl
     rng = np.random.default_rng(1)
     feeds = {name: rng.standard_normal((1, frames, hidden)).astype(np.float32) for name in ("x", "skip")}
     outputs = {form: session.run(None, feeds)[0] for form, session in sessions.items()}  # also the warm-up
-    times: dict[str, list[float]] = {form: [] for form in sessions}
-    for _ in range(rounds):
-        for form, session in sessions.items():
-            started = time.perf_counter()
-            session.run(None, feeds)
-            times[form].append(time.perf_counter() - started)
+    times = interleaved_rounds({form: partial(session.run, None, feeds) for form, session in sessions.items()}, rounds)
     figures = {f"{form}_ms_per_op": 1000 * float(np.median(t)) / CHAIN for form, t in times.items()}
     figures["max_abs_difference"] = float(np.abs(outputs["fused"] - outputs["unfused"]).max())
     return figures

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,22 +20,29 @@ TINY_TEXTS = ("oh wow you came back for me", "leave me alone please", "we lost t
 
 @functools.lru_cache(maxsize=None)
 def cuda_starts() -> bool:
-    """Whether onnxruntime's CUDA provider really starts a session here. onnxruntime-gpu offers the provider on a
-    machine with no GPU or without the CUDA libraries, and its sessions then run on the CPU, so being offered is not
-    enough for a test that needs CUDA."""
-    import onnxruntime as ort
+    """Whether onnxruntime's CUDA provider really starts a session here, as the runtime's own open_session judges
+    it. onnxruntime-gpu offers the provider on a machine with no GPU or without the CUDA libraries, and its sessions
+    then run on the CPU, so being offered is not enough for a test that needs CUDA."""
+    import onnx
     from onnx import TensorProto, helper
 
-    from mmer_rt.session import CPU_PROVIDER, CUDA_PROVIDER
+    from benchmarks.micro import onnx_model
+    from mmer_rt.errors import DeviceError
+    from mmer_rt.session import cuda_available, open_session
 
-    if CUDA_PROVIDER not in ort.get_available_providers():
+    if not cuda_available():
         return False
     value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [value],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    session = ort.InferenceSession(model.SerializeToString(), providers=[CUDA_PROVIDER, CPU_PROVIDER])
-    return session.get_providers()[0] == CUDA_PROVIDER
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "identity.onnx"
+        onnx.save(onnx_model(graph), path)
+        try:
+            open_session(path, "cuda")
+        except DeviceError:
+            return False
+    return True
 
 
 def build_tiny_model_dir(base: Path) -> tuple[Path, Path]:

@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from benchmarks.micro import onnx_model
 from mmer_rt.errors import DeviceError, ModelDirError
 from mmer_rt.session import CPU_PROVIDER, CUDA_PROVIDER, Graph, open_session, resolve_device, session_options
 from test_recognizer_fixtures import cuda_starts
@@ -25,9 +26,8 @@ def doubling_graph(tmp_path_factory):
     one = helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])
     nodes = [helper.make_node("Mul", ["x", "two"], ["y"]), helper.make_node("Add", ["x", "one"], ["z"])]
     graph = helper.make_graph(nodes, "double", [x], [y, z], initializer=[two, one])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     path = tmp_path_factory.mktemp("graph") / "double.onnx"
-    onnx.save(model, path)
+    onnx.save(onnx_model(graph), path)
     return path
 
 
