@@ -10,6 +10,8 @@
 #                                        run the GPU cases at base size (fp16 graphs on the CUDA provider with
 #                                        IOBinding against PyTorch fp16 autocast) and copy the pytest-benchmark
 #                                        JSON, the report and the export's manifest (its parity) to $OUT
+#   bash scripts/gpu_bench.sh profile    unpack, then python -m benchmarks.gpu_profile: where a call's time goes
+#                                        and what the CUDA provider's convolution options change
 #
 # Rehearsed on a CPU machine (GPU_KIT_PYTHON_VERSION=3.11 for the kit): everything up to the CUDA check runs.
 #
@@ -34,7 +36,7 @@ case "${1:-}" in
     [ "$found" = 1 ] || { echo "no .gpu-kit/part-* was carried: name one in the call's carry" >&2; exit 2; }
     echo "kit parts held in $STORE: $(cd "$STORE" && ls chunk-* | tr '\n' ' ')"
     ;;
-  unpack|run)
+  unpack|run|profile)
     [ -f "$KIT/SHA256SUMS" ] || { echo "carry .gpu-kit/SHA256SUMS with this call" >&2; exit 2; }
     # The sums name part-N/chunk-M; the chunks sit flat in the store.
     sums=$(realpath "$KIT/SHA256SUMS")
@@ -62,6 +64,10 @@ PYEOF
     "$PY" -c "import onnxruntime as o, torch; print('onnxruntime', o.__version__, o.get_available_providers()); print('torch', torch.__version__, torch.cuda.get_device_name(0))"
     select=${GPU_BENCH_SELECT:-"pytorch-sdpa-fp16 or mmer-rt-fp16"}
     export PYTHONUNBUFFERED=1
+    if [ "$1" = profile ]; then
+      "$PY" -m benchmarks.gpu_profile --out "$OUT" 2>&1 | tee "$OUT/profile.log"
+      exit 0
+    fi
     # Smoke first (a minute at tiny size): a CUDA problem then ends the call early, not after the base-size export.
     "$PY" -m pytest tests/test_recognizer.py -q -m gpu -rs 2>&1 | tee "$OUT/smoke.log"
     grep -q "1 passed" "$OUT/smoke.log" || { echo "the CUDA test did not pass: see smoke.log" >&2; exit 1; }
@@ -75,7 +81,7 @@ PYEOF
     cp .bench-cache/base-*/model/mmer.json "$OUT/" 2>/dev/null || true
     ;;
   *)
-    echo "usage: bash scripts/gpu_bench.sh receive|unpack|run   (see the header of this script)" >&2
+    echo "usage: bash scripts/gpu_bench.sh receive|unpack|run|profile   (see the header of this script)" >&2
     exit 2
     ;;
 esac
