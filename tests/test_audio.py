@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from mmer_rt.audio import SAMPLE_RATE, load_audio, normalize, pad_batch
+from mmer_rt.audio import NORM_EPS, SAMPLE_RATE, load_audio, normalize, pad_batch
 from mmer_rt.errors import AudioError
 
 
@@ -166,6 +166,19 @@ def test_normalize_gives_zero_mean_unit_variance():
     assert out.dtype == np.float32
     assert abs(out.mean()) < 1e-6 and abs(out.std() - 1) < 1e-4
     np.testing.assert_array_equal(normalize(np.zeros(10)), np.zeros(10, np.float32))
+
+
+def test_normalize_in_float32_matches_float64_arithmetic():
+    # The longest clip the published model hears (about 13 s), with a DC offset and a quiet stretch.
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(210_000) * 0.1 + 0.05).astype(np.float32)
+    x[:50_000] *= 0.01
+    exact = (x.astype(np.float64) - x.astype(np.float64).mean()) / np.sqrt(x.astype(np.float64).var() + NORM_EPS)
+    np.testing.assert_allclose(normalize(x), exact, rtol=0, atol=1e-5)
+    out = np.full(len(x) + 3, 7.0, dtype=np.float32)
+    normalize(x, out=out[: len(x)])
+    np.testing.assert_array_equal(out[: len(x)], normalize(x))
+    assert (out[len(x):] == 7.0).all()
 
 
 def test_pad_batch_normalises_each_row_over_its_own_samples():
