@@ -258,3 +258,31 @@ def test_per_row_int8_does_not_depend_on_the_batch_and_per_tensor_does():
     per_row, per_tensor = figures["per-token"], figures["dqmm"]
     assert 0 < per_row["error_alone"] < 0.1 and per_row["error_batched_with_loud"] == per_row["error_alone"]
     assert per_tensor["error_batched_with_loud"] > 5 * per_tensor["error_alone"]
+
+
+@pytest.mark.slow
+def test_gpu_profile_rehearses_on_the_cpu_and_survives_a_failing_variant(tmp_path, monkeypatch):
+    from benchmarks import gpu_profile
+
+    made = gpu_profile.recognizer
+
+    def recognizer(model_dir, device, options):
+        rec = made(model_dir, device, options)
+        if options == "broken":
+            def fail(*args, **kwargs):
+                raise RuntimeError("no engine for this convolution")
+            rec.predict_batch = fail
+        return rec
+
+    monkeypatch.setattr(gpu_profile, "CPU_VARIANTS", {"cpu": None, "broken": "broken"})
+    monkeypatch.setattr(gpu_profile, "recognizer", recognizer)
+    gpu_profile.main(["--size", "quick", "--seconds", "1", "--batches", "1,2", "--rounds", "1", "--out", str(tmp_path)])
+    text = (tmp_path / "gpu_profile.md").read_text()
+    stages = text.split("## Stages of one predict_batch call (ms)")[1].split("##")[0]
+    assert len([line for line in stages.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]) == 2
+    assert "| broken | refused: b1: RuntimeError: no engine for this convolution |" in text
+    cpu_row = next(line for line in text.splitlines() if line.startswith("| cpu |"))
+    assert "None" not in cpu_row and len(cpu_row.split("|")) == 7
+    assert "## Kernels" in text and "PyTorch reference audio encoder" in text
+    data = json.loads((tmp_path / "gpu_profile.json").read_text())
+    assert data["CPU provider (ms)"]["refused"] == {"broken": "b1: RuntimeError: no engine for this convolution"}
