@@ -29,12 +29,13 @@ OPSET = 17
 class AudioGraph(nn.Module):
     """Audio encoder plus CTC head: (input_values, sample_mask) -> (hidden_states, frame_mask, ctc_logits).
 
-    The convolutional front end runs as export/frontend.py rewrites it (the first layer's GroupNorm folded).
+    The convolutional front end runs as export/frontend.py rewrites it (the first layer's GroupNorm folded), its
+    later layers in ``layout``: "channels" (Conv, the CPU graphs) or "time" (MatMul, the fp16 graph for CUDA).
     """
 
-    def __init__(self, model: MMER):
+    def __init__(self, model: MMER, layout: str = "channels"):
         super().__init__()
-        self.front_end = FrontEnd(model.audio_encoder)
+        self.front_end = FrontEnd(model.audio_encoder, layout)
         self.audio_encoder = model.audio_encoder
         self.ctc_head = model.ctc_head  # applied without its training-time dropout
 
@@ -117,9 +118,11 @@ def exportable_copy(model: MMER) -> MMER:
     return export_model
 
 
-def export_graph(model: MMER, spec: GraphSpec, example_inputs: tuple[Tensor, ...], path: Path) -> Path:
-    """Trace ``spec``'s wrapper around an exportable copy of ``model`` to the ONNX file ``path``."""
-    wrapper = spec.wrapper(model).eval()
+def export_graph(model: MMER, spec: GraphSpec, example_inputs: tuple[Tensor, ...], path: Path,
+                 **wrapper_options) -> Path:
+    """Trace ``spec``'s wrapper (built with ``wrapper_options``) around an exportable copy of ``model`` to the ONNX
+    file ``path``."""
+    wrapper = spec.wrapper(model, **wrapper_options).eval()
     with warnings.catch_warnings(), torch.no_grad():
         # The legacy exporter warns that it is deprecated and about traced shape arithmetic; neither applies to
         # these graphs, whose dynamic axes are verified by the batch-invariance tests.

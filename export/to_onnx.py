@@ -107,7 +107,7 @@ def _build(model: MMER, tokenizer_path: Path, probes: parity.ProbeSet, staging: 
     traced.mkdir()
     fp32 = staging / "fp32"
     fp32.mkdir()
-    steps.run("tracing the three graphs (torch.onnx legacy exporter)", _trace, model, traced)
+    steps.run("tracing the three graphs (torch.onnx legacy exporter)", _trace, model, traced, "fp16" in precisions)
     fused = steps.run("fusing the encoders (onnxruntime transformer optimizer)", _fuse, model, traced, fp32,
                       "fp16" in precisions)
     reference = steps.run("running the PyTorch fp32 reference on the probes", parity.reference_for, model, probes)
@@ -125,16 +125,25 @@ def _build(model: MMER, tokenizer_path: Path, probes: parity.ProbeSet, staging: 
     return manifest
 
 
-def _trace(model: MMER, folder: Path) -> None:
+# The fp16 variant's audio graph is traced apart, its front end in the "time" layout (MatMul, not Conv, on CUDA:
+# export/frontend.py).
+_GPU_AUDIO = "audio_encoder.time.onnx"
+
+
+def _trace(model: MMER, folder: Path, gpu: bool) -> None:
     export_model = graphs.exportable_copy(model)
     examples = graphs.example_inputs(export_model)
     for spec in graphs.GRAPH_SPECS:
         graphs.export_graph(export_model, spec, examples[spec.name], folder / f"{spec.name}.onnx")
+    if gpu:
+        audio = graphs.GRAPH_SPECS[0]
+        graphs.export_graph(export_model, audio, examples[audio.name], folder / _GPU_AUDIO, layout="time")
 
 
 def _fuse(model: MMER, traced: Path, fp32: Path, gpu: bool) -> dict[str, dict[str, dict[str, int]]]:
     """Fused fp32 graphs for the CPU into ``fp32``, and with ``gpu`` the GPU's (SkipLayerNormalization fused:
-    export/optimize.py) into ``traced/gpu`` for the fp16 variant; returns the fused-operator counts of each."""
+    export/optimize.py; the audio graph the one traced with the time-major front end) into ``traced/gpu`` for the
+    fp16 variant; returns the fused-operator counts of each."""
     targets = {"cpu": fp32}
     if gpu:
         targets["gpu"] = traced / "gpu"
@@ -143,8 +152,9 @@ def _fuse(model: MMER, traced: Path, fp32: Path, gpu: bool) -> dict[str, dict[st
     for device, folder in targets.items():
         for graph_name, config_field in ENCODERS.items():
             config = getattr(model.config, config_field)
+            source = traced / (_GPU_AUDIO if device == "gpu" and graph_name == "audio_encoder" else f"{graph_name}.onnx")
             counts[device][graph_name] = optimize_encoder(
-                traced / f"{graph_name}.onnx", folder / f"{graph_name}.onnx", num_heads=config["num_attention_heads"],
+                source, folder / f"{graph_name}.onnx", num_heads=config["num_attention_heads"],
                 hidden_size=config["hidden_size"], skip_layer_norm=device == "gpu",
             )
         # The fusion block is not a BERT stack; onnxruntime's own session-time optimisations are all it needs.

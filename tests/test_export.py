@@ -115,6 +115,16 @@ def test_int8_quantises_matmuls_and_attention_and_leaves_the_convolutions_in_fp3
     assert _ops_in(text, "")["QAttention"] == 2
 
 
+def test_fp16_runs_the_front_end_as_matmuls_and_the_cpu_graphs_as_conv(model_dir):
+    manifest = ModelManifest.read(model_dir)
+    fp16 = model_dir / manifest.variants["fp16"].graphs["audio_encoder"].file
+    fp32 = model_dir / manifest.variants["fp32"].graphs["audio_encoder"].file
+    # For CUDA the tiny front end's 2 later layers are MatMuls (cuBLAS), not Conv (cuDNN's fallback engines in
+    # onnxruntime 1.31); only the positional convolution stays a Conv. The CPU graphs keep the Conv layers.
+    assert _ops_in(fp16, "")["Conv"] == 1 and _ops_in(fp16, "/front_end/rest.")["MatMul"] == 2
+    assert _ops_in(fp32, "")["Conv"] == 3 and _ops_in(fp32, "/front_end/rest.")["MatMul"] == 0
+
+
 def test_fp32_audio_graph_has_the_group_norm_folded(model_dir):
     fp32 = model_dir / ModelManifest.read(model_dir).variants["fp32"].graphs["audio_encoder"].file
     ops = _ops_in(fp32, "")

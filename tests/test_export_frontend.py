@@ -31,15 +31,24 @@ def _padded(lengths: list[int], scale: float = 1.0, offset: float = 0.0) -> tupl
     return values, lengths_tensor
 
 
+@pytest.mark.parametrize("layout", ["channels", "time"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_front_end_matches_the_model_on_a_padded_batch(name):
-    encoder = _audio_encoder(name)
+def test_front_end_matches_the_model_on_a_padded_batch(name, layout):
+    encoder = _audio_encoder(name, conv_bias=layout == "time")  # the time layout's bias path too
     values, lengths = _padded([9000, 5003, 2417])
     with torch.no_grad():
         expected = encoder.conv_features(values, lengths)
-        actual = FrontEnd(encoder)(values, lengths)
+        actual = FrontEnd(encoder, layout)(values, lengths)
     assert actual.shape == expected.shape
     assert (actual - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
+def test_time_layout_runs_the_later_layers_as_matmuls_and_refuses_unknown_layouts():
+    encoder = _audio_encoder("group-norm (wav2vec2-base)")
+    front_end = FrontEnd(encoder, "time")
+    assert not any(isinstance(module, torch.nn.Conv1d) for module in front_end.modules())
+    with pytest.raises(ValueError, match="front-end layout 'rows' is not one of channels, time"):
+        FrontEnd(encoder, "rows")
 
 
 def test_folded_group_norm_keeps_its_precision_on_loud_and_offset_audio():
