@@ -7,11 +7,14 @@ still leaves what it measured. On one machine, in one run:
 
 1. Stages of one ``predict_batch`` call: host work (decoding checks, normalisation, padding, tokenising,
    CTC/softmax) and each graph's run, against the PyTorch fp16-autocast reference on the same workload.
-2. The CUDA provider's convolution options, end to end through the Recognizer and on the audio graph alone:
-   ours (cudnn_conv_algo_search=DEFAULT), HEURISTIC, EXHAUSTIVE, 1-D convolutions padded as N,C,1,D, and NHWC.
-   Timed in interleaved rounds after a warm-up, so that a busy moment slows every variant alike.
+2. The audio graph alone, A/B: the exported one (on CUDA its front end as time-major MatMuls) and the same model
+   traced with the other front-end layout (Conv), each under the CUDA provider's convolution options: ours
+   (cudnn_conv_algo_search=DEFAULT), HEURISTIC, EXHAUSTIVE, 1-D convolutions padded as N,C,1,D, and NHWC. Timed
+   in interleaved rounds after a warm-up, so that a busy moment slows every variant alike; a combination that
+   fails is recorded as refused, with the reason.
 3. The GPU kernels that take the time (torch.profiler, which records every kernel in the process through CUPTI,
-   onnxruntime's included): the audio graph with our options, and the PyTorch reference's audio encoder.
+   onnxruntime's included): the audio graph in both layouts with our options, and the PyTorch reference's audio
+   encoder.
 
 Without CUDA it runs on the CPU provider (one option set, CPU activities only): a rehearsal of the code path,
 not a GPU measurement. Nothing here is asserted; it records.
@@ -22,7 +25,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +35,9 @@ import numpy as np
 import mmer_rt.session as rt_session
 from mmer_rt.audio import SAMPLE_RATE, pad_batch
 from mmer_rt.batching import BatchBudget
+from mmer_rt.modeldir import AUDIO_INPUTS, AUDIO_OUTPUTS, ModelManifest
 from mmer_rt.recognizer import Recognizer
+from mmer_rt.session import Graph
 
 from .artifacts import Artifacts
 from .micro import interleaved_rounds
@@ -124,6 +131,27 @@ def stages(rec: Recognizer, reference, items, rounds: int) -> dict:
     return row
 
 
+def audio_graph_in_layout(artifacts: Artifacts, layout: str, fp16: bool, folder: Path) -> Path:
+    """The artifacts' audio graph traced with its front end in ``layout`` and fused as the export fuses it (fp16
+    with SkipLayerNormalization for CUDA, else fp32 for the CPU): the A/B partner of the exported one."""
+    import shutil
+
+    from export import graphs, precision
+    from export.optimize import optimize_encoder
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    model = graphs.exportable_copy(artifacts.load_torch_model())
+    spec = graphs.GRAPH_SPECS[0]
+    traced = graphs.export_graph(model, spec, graphs.example_inputs(model)[spec.name], folder / "traced.onnx",
+                                 layout=layout)
+    audio = model.config.audio
+    fused = folder / "fused.onnx"
+    optimize_encoder(traced, fused, num_heads=audio["num_attention_heads"], hidden_size=audio["hidden_size"],
+                     skip_layer_norm=fp16)
+    return precision.to_fp16(fused, folder / "fp16.onnx") if fp16 else fused
+
+
 def audio_feeds(workload) -> dict[str, np.ndarray]:
     values, sample_mask = pad_batch(list(workload.waveforms))
     return {"input_values": values, "sample_mask": sample_mask}
@@ -173,7 +201,8 @@ def main(argv=None) -> None:
     device = "cuda" if cuda else "cpu"
     artifacts = Artifacts(args.size)
     started = time.perf_counter()
-    model_dir = artifacts.model_dir(("fp16",) if cuda else ("fp32",))
+    precision = "fp16" if cuda else "fp32"
+    model_dir = artifacts.model_dir((precision,))
     import onnxruntime as ort
 
     header = [
@@ -191,8 +220,8 @@ def main(argv=None) -> None:
 
     # 1. Stages, with our options, against the PyTorch reference.
     ours = recognizer(model_dir, device, next(iter(variants.values())))
-    reference_route = build_route("pytorch-sdpa-fp16" if cuda else "pytorch-sdpa", artifacts, threads=1 if not cuda
-                                  else torch.get_num_threads())
+    # Every core for both, as the Recognizer's threads=None takes them.
+    reference_route = build_route("pytorch-sdpa-fp16" if cuda else "pytorch-sdpa", artifacts, os.cpu_count() or 1)
     lines = [f"| batch | total | host | audio graph | text graph | fusion graph | PyTorch {'fp16' if cuda else 'fp32'} "
              "end to end |",
              "|---|---|---|---|---|---|---|"]
@@ -205,46 +234,53 @@ def main(argv=None) -> None:
                      f"| {row['fusion']} | {row.get('pytorch')} |")
     report.section("Stages of one predict_batch call (ms)", lines, data)
 
-    # 2. CUDA provider options: end to end and audio graph alone.
-    data, lines = {}, ["| options | " + " | ".join(f"e2e b{b}" for b in batches) + " | "
-                       + " | ".join(f"audio graph b{b}" for b in batches) + " |",
-                       "|---|" + "---|" * (2 * len(batches))]
-    recognizers, sessions, errors = {}, {}, {}
-    for name, options in variants.items():
-        try:
-            recognizers[name] = recognizer(model_dir, device, options)
-            sessions[name] = recognizers[name]._graphs["audio_encoder"]
-        except Exception as error:  # an option this onnxruntime build refuses is a finding, not a crash
-            errors[name] = f"{type(error).__name__}: {error}"[:300]
+    # 2. The audio graph alone: front-end layouts (the model directory's, and the other one built here) under each
+    #    set of provider options, in interleaved rounds.
+    shipped = model_dir / ModelManifest.read(model_dir).variants[precision].graphs["audio_encoder"].file
+    layouts = {"shipped": shipped}
+    try:
+        layouts["other layout"] = audio_graph_in_layout(artifacts, "channels" if cuda else "time", cuda,
+                                                        args.out.parent / f".{args.out.name}-layout")
+    except Exception as error:
+        report.section("Other front-end layout", [f"- not built: {type(error).__name__}: {error}"[:400]], {})
+    graphs, errors = {}, {}
+    for layout, path in layouts.items():
+        for name, options in variants.items():
+            key = f"{layout}, {name}"
+            try:
+                with cuda_options(options):
+                    session = rt_session.open_session(path, device)
+                graphs[key] = Graph(session, "audio_encoder", AUDIO_INPUTS, AUDIO_OUTPUTS,
+                                    bind_device="cuda" if cuda else None)
+            except Exception as error:  # an option this onnxruntime build refuses is a finding, not a crash
+                errors[key] = f"{type(error).__name__}: {error}"[:300]
+    data = {}
     for batch, workload in workloads.items():
-        items = list(zip(workload.waveforms, workload.transcripts))
         feeds = audio_feeds(workload)
         calls = {}
-        for name in recognizers:
-            calls[f"e2e {name}"] = lambda r=recognizers[name]: r.predict_batch(items, sample_rate=SAMPLE_RATE)
-            calls[f"audio {name}"] = lambda g=sessions[name]: g.run(feeds, host_outputs=("frame_mask",),
-                                                                     device_outputs=("hidden_states",))
-        for key, call in list(calls.items()):  # warm-up (EXHAUSTIVE searches here)
-            name = key.split(" ", 1)[1]
-            if name in errors:
-                del calls[key]
+        for key, graph in graphs.items():
+            if key in errors:
                 continue
+            call = partial(graph.run, feeds, host_outputs=("frame_mask",), device_outputs=("hidden_states",))
             try:
-                call()
+                call()  # warm-up: plans are built for this shape here
             except Exception as error:  # e.g. cuDNN finding no engine for a convolution under these options
-                errors[name] = f"b{batch}: {type(error).__name__}: {str(error).splitlines()[0]}"[:300]
-                del calls[key]
-        calls = {key: call for key, call in calls.items() if key.split(" ", 1)[1] not in errors}
-        times = interleaved_rounds(calls, args.rounds)
-        data[batch] = {key: ms(value) for key, value in times.items()}
-    for name in variants:
-        if name in errors:
-            lines.append(f"| {name} | refused: {errors[name]} |" + " |" * (2 * len(batches) - 1))
-            continue
-        lines.append(f"| {name} | " + " | ".join(str(data[b].get(f"e2e {name}")) for b in batches) + " | "
-                     + " | ".join(str(data[b].get(f"audio {name}")) for b in batches) + " |")
-    report.section("CUDA provider options (ms)" if cuda else "CPU provider (ms)", lines,
-                   {"times": data, "refused": errors})
+                errors[key] = f"b{batch}: {type(error).__name__}: {str(error).splitlines()[0]}"[:300]
+                continue
+            calls[key] = call
+        data[batch] = {key: ms(value) for key, value in interleaved_rounds(calls, args.rounds).items()}
+    lines = ["| front end, options | " + " | ".join(f"b{b}" for b in batches) + " |",
+             "|---|" + "---|" * len(batches)]
+    for key in (f"{layout}, {name}" for layout in layouts for name in variants):
+        if key in errors:
+            lines.append(f"| {key} | refused: {errors[key]} |" + " |" * (len(batches) - 1))
+        else:
+            lines.append(f"| {key} | " + " | ".join(str(data[b].get(key)) for b in batches) + " |")
+    lines.append("")
+    lines.append(f"- shipped: `{shipped.relative_to(model_dir)}` (front end "
+                 f"{'time-major MatMuls' if cuda else 'Conv'}); other layout: the same model traced with the front "
+                 f"end {'as Conv' if cuda else 'as time-major MatMuls'}")
+    report.section(f"Audio graph alone, {args.seconds} s clips (ms)", lines, {"times": data, "refused": errors})
 
     # 3. Kernels.
     batch = max(batches)
@@ -257,6 +293,14 @@ def main(argv=None) -> None:
                                                       device_outputs=("hidden_states",)), steps, cuda)
     except Exception as error:
         kernel_lines.append(f"- profiler failed: {type(error).__name__}: {error}")
+    other = graphs.get(f"other layout, {next(iter(variants))}")
+    if other is not None:
+        kernel_lines += ["", f"Audio graph in the other front-end layout, our options, {args.seconds} s x {batch}:", ""]
+        try:
+            kernel_lines += top_kernels(partial(other.run, feeds, host_outputs=("frame_mask",),
+                                                device_outputs=("hidden_states",)), steps, cuda)
+        except Exception as error:
+            kernel_lines.append(f"- profiler failed: {type(error).__name__}: {error}")
     kernel_lines += ["", f"PyTorch reference audio encoder (fp16 autocast where CUDA), {args.seconds} s x {batch}:", ""]
     try:
         from .reference import TorchReference

@@ -14,8 +14,12 @@ CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 DEVICES = ("auto", "cpu", "cuda")
 
-# Exhaustive search, the CUDA provider's default, re-benchmarks cuDNN convolutions for every new input shape,
-# and speech has a new length in almost every batch: peers measured 5 to 40 times slowdowns from it.
+# Exhaustive search, the CUDA provider's default, re-benchmarked cuDNN convolutions for every new input shape in
+# onnxruntime's legacy cuDNN path, and speech has a new length in almost every batch (peers measured 5 to 40 times
+# slowdowns). onnxruntime 1.31 builds convolutions through the cuDNN frontend instead, where this option picks the
+# heuristic mode, and DEFAULT means cuDNN's fallback engines: measured slow on an H100, but HEURISTIC found no
+# engine at all for wav2vec2's positional convolution (export/DESIGN.md). The fp16 graphs therefore run the front
+# end's convolutions as MatMuls; only the positional one is still a Conv.
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "DEFAULT"}
 
 Feed = Union[np.ndarray, ort.OrtValue]

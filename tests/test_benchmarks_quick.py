@@ -262,27 +262,39 @@ def test_per_row_int8_does_not_depend_on_the_batch_and_per_tensor_does():
 
 @pytest.mark.slow
 def test_gpu_profile_rehearses_on_the_cpu_and_survives_a_failing_variant(tmp_path, monkeypatch):
+    import mmer_rt.session as rt_session
     from benchmarks import gpu_profile
 
-    made = gpu_profile.recognizer
+    real_open = rt_session.open_session
 
-    def recognizer(model_dir, device, options):
-        rec = made(model_dir, device, options)
-        if options == "broken":
-            def fail(*args, **kwargs):
-                raise RuntimeError("no engine for this convolution")
-            rec.predict_batch = fail
-        return rec
+    class Broken:  # a session whose runs fail, as one did when cuDNN found no engine for a convolution
+        def __init__(self, session):
+            self.session = session
+
+        def __getattr__(self, name):
+            return getattr(self.session, name)
+
+        def run(self, *args, **kwargs):
+            raise RuntimeError("no engine for this convolution")
+
+    def open_session(path, device, threads=None):
+        session = real_open(path, device, threads)
+        return Broken(session) if rt_session.CUDA_OPTIONS == "broken" else session
 
     monkeypatch.setattr(gpu_profile, "CPU_VARIANTS", {"cpu": None, "broken": "broken"})
-    monkeypatch.setattr(gpu_profile, "recognizer", recognizer)
-    gpu_profile.main(["--size", "quick", "--seconds", "1", "--batches", "1,2", "--rounds", "1", "--out", str(tmp_path)])
-    text = (tmp_path / "gpu_profile.md").read_text()
+    monkeypatch.setattr(rt_session, "open_session", open_session)
+    out = tmp_path / "profile"
+    gpu_profile.main(["--size", "quick", "--seconds", "1", "--batches", "1,2", "--rounds", "1", "--out", str(out)])
+    text = (out / "gpu_profile.md").read_text()
     stages = text.split("## Stages of one predict_batch call (ms)")[1].split("##")[0]
-    assert len([line for line in stages.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]) == 2
-    assert "| broken | refused: b1: RuntimeError: no engine for this convolution |" in text
-    cpu_row = next(line for line in text.splitlines() if line.startswith("| cpu |"))
-    assert "None" not in cpu_row and len(cpu_row.split("|")) == 7
-    assert "## Kernels" in text and "PyTorch reference audio encoder" in text
-    data = json.loads((tmp_path / "gpu_profile.json").read_text())
-    assert data["CPU provider (ms)"]["refused"] == {"broken": "b1: RuntimeError: no engine for this convolution"}
+    assert len([line for line in stages.splitlines() if line.startswith(("| 1 |", "| 2 |"))]) == 2
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| shipped")
+            or line.startswith("| other layout")}
+    assert set(rows) == {"shipped, cpu", "shipped, broken", "other layout, cpu", "other layout, broken"}
+    for layout in ("shipped", "other layout"):
+        assert "| refused: b1: RuntimeError: no engine for this convolution |" in rows[f"{layout}, broken"]
+        timed = rows[f"{layout}, cpu"].split("|")[2:4]
+        assert all(float(cell) > 0 for cell in timed)
+    assert "Audio graph in the other front-end layout" in text and "PyTorch reference audio encoder" in text
+    data = json.loads((out / "gpu_profile.json").read_text())["Audio graph alone, 1.0 s clips (ms)"]
+    assert set(data["refused"]) == {"shipped, broken", "other layout, broken"}
