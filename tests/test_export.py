@@ -163,6 +163,22 @@ def test_padded_batch_matches_each_utterance_alone(model_dir, tiny_tokenizer_pat
     assert np.abs(batched - alone).max() < (1e-5 if precision == "fp32" else 2e-3)
 
 
+def test_fp16_handles_the_shortest_audio_beside_a_long_row(model_dir, tiny_tokenizer_path):
+    # The time-major front end's strided frames at their edge: a row of exactly the receptive field (one frame)
+    # padded beside a long one, against fp32 (Conv front end).
+    manifest = ModelManifest.read(model_dir)
+    shortest = int(manifest.extra["min_audio_samples"])
+    rng = np.random.default_rng(2)
+    values, mask = pad_batch([rng.standard_normal(n).astype(np.float32) for n in (shortest, 9_000)])
+    assert mask.sum(-1).tolist() == [shortest, 9_000]
+    encoded = TextTokenizer(tiny_tokenizer_path).encode_batch(["hello", "excuse me where is the station"])
+    probes = Probes(values, mask, encoded.input_ids, encoded.attention_mask, "")
+    outputs = {precision: run_graphs(_sessions(model_dir, manifest, precision), probes) for precision in ("fp32", "fp16")}
+    assert outputs["fp16"]["frame_mask"].sum(-1)[0] == outputs["fp32"]["frame_mask"].sum(-1)[0] == 1
+    assert np.isfinite(outputs["fp16"]["logits"]).all()
+    assert np.abs(outputs["fp16"]["logits"] - outputs["fp32"]["logits"]).max() < 2e-2
+
+
 def test_probes_have_several_lengths_and_loud_clips(tiny_tokenizer_path):
     probes = make_probes(tiny_tokenizer_path, 16_000, max_samples=200_000)
     lengths = probes.sample_mask.sum(-1)
