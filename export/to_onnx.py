@@ -150,16 +150,22 @@ def _fuse(model: MMER, traced: Path, fp32: Path, gpu: bool) -> dict[str, dict[st
         targets["gpu"].mkdir()
     counts = {device: {} for device in targets}
     for device, folder in targets.items():
-        for graph_name, config_field in ENCODERS.items():
-            config = getattr(model.config, config_field)
-            source = traced / (_GPU_AUDIO if device == "gpu" and graph_name == "audio_encoder" else f"{graph_name}.onnx")
-            counts[device][graph_name] = optimize_encoder(
-                source, folder / f"{graph_name}.onnx", num_heads=config["num_attention_heads"],
-                hidden_size=config["hidden_size"], skip_layer_norm=device == "gpu",
-            )
+        for graph_name in ENCODERS:
+            gpu_audio = device == "gpu" and graph_name == "audio_encoder"
+            source = traced / (_GPU_AUDIO if gpu_audio else f"{graph_name}.onnx")
+            counts[device][graph_name] = fuse_encoder(model, graph_name, source, folder / f"{graph_name}.onnx",
+                                                      gpu=device == "gpu")
         # The fusion block is not a BERT stack; onnxruntime's own session-time optimisations are all it needs.
         shutil.copyfile(traced / "fusion.onnx", folder / "fusion.onnx")
     return counts
+
+
+def fuse_encoder(model: MMER, graph_name: str, source: Path, target: Path, gpu: bool) -> dict[str, int]:
+    """One traced encoder graph fused as the export fuses it: for the CUDA provider (``gpu``: SkipLayerNormalization
+    too) or for the CPU; returns the fused-operator counts."""
+    config = getattr(model.config, ENCODERS[graph_name])
+    return optimize_encoder(source, target, num_heads=config["num_attention_heads"],
+                            hidden_size=config["hidden_size"], skip_layer_norm=gpu)
 
 
 def _build_variant(name: str, fp32: Path, traced: Path, staging: Path) -> Path:
