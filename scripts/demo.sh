@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-exec ${PYTHON:-python3} scripts/demo.py "$@"
+source scripts/python_env.sh
+PY=$(mmer_python)
+exec "$PY" scripts/demo.py "$@"
