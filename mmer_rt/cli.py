@@ -47,12 +47,17 @@ def _parser() -> argparse.ArgumentParser:
         "without --text or --transcripts the CTC head's greedy transcript is used",
     )
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
-    predict.add_argument("--device", choices=DEVICES, default="auto")
-    predict.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto")
+    predict.add_argument("--device", choices=DEVICES, default="auto",
+                         help="auto: CUDA when onnxruntime offers it and it starts, else the CPU (default: %(default)s)")
+    predict.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                         help="graphs to run; auto: fp16 on CUDA, int8 on the CPU, where the directory holds them, "
+                              "else fp32 (default: %(default)s)")
     predict.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
     predict.add_argument("--batch-size", type=_positive_int, default=BatchBudget.max_items,
-                         help="most clips per batch")
-    predict.add_argument("--long-audio", choices=LONG_AUDIO_POLICIES, default="truncate")
+                         help="most clips per batch (default: %(default)s)")
+    predict.add_argument("--long-audio", choices=LONG_AUDIO_POLICIES, default="truncate",
+                         help="audio longer than the model's maximum: truncate to its start, or window (average "
+                              "full-length windows) (default: %(default)s)")
     predict.set_defaults(run=_predict)
 
     info = commands.add_parser("info", help="describe a model directory")

@@ -44,12 +44,17 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, sessions=(
 
 def main(argv: list[str] | None = None) -> Scores:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n")[0])
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--manifest", type=Path, required=True)
-    parser.add_argument("--session", action="append", default=[], help="keep only this session (repeatable)")
-    parser.add_argument("--speaker", action="append", default=[], help="keep only this speaker (repeatable)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("checkpoint", type=Path, help="checkpoint directory written by training (RUN/best)")
+    parser.add_argument("--manifest", type=Path, required=True,
+                        help="data manifest (JSONL) whose utterances are scored; its labels must be the model's")
+    parser.add_argument("--session", action="append", default=[],
+                        help="keep only this session (repeatable; default: every session)")
+    parser.add_argument("--speaker", action="append", default=[],
+                        help="keep only this speaker (repeatable; default: every speaker)")
+    parser.add_argument("--batch-size", type=int, default=8, help="utterances per batch (default: %(default)s)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when torch sees a GPU), cpu, cuda or any torch device name "
+                             "(default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
     args = parser.parse_args(argv)
     try:

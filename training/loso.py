@@ -23,7 +23,7 @@ from .train import STATE_NAME, Trainer, parse_args
 
 
 def run_folds(argv: list[str] | None = None) -> dict:
-    base = parse_args(argv)
+    base = parse_args(argv, prog="python -m training.loso", description=__doc__.split("\n")[0])
     if base.test_session:
         raise SystemExit("error: --test-session is chosen by the cross-validation itself; leave it out")
     folds = sessions(read_manifest(base.manifest, check_audio=False))

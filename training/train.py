@@ -31,7 +31,7 @@ from mmer_rt.text import TextTokenizer
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Collator, UtteranceDataset, leave_one_session_out, length_bucketed_batches, speaker_split
-from .losses import mmer_loss
+from .losses import SCL_FORMS, mmer_loss
 from .metrics import Scores, score
 from .model import IEMOCAP_LABELS, MMER, PRESETS, MMERConfig
 from .tokenizer import build_tokenizer, tokenizer_from_pretrained
@@ -72,15 +72,59 @@ class TrainConfig:
     resume: bool = False
 
 
-def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+# Each TrainConfig field's --help line (its default is added from the field); a field without one fails
+# tests/test_cli_help.py.
+FLAG_HELP = {
+    "manifest": "data manifest to train on (JSONL, one utterance a line; see the README's Training section)",
+    "out": "run directory for checkpoints, history and results (must be empty unless --resume)",
+    "labels": "comma-separated emotion labels in logit order; manifest rows with other labels are refused",
+    "preset": "model size (tiny and small train from scratch on a CPU; base is wav2vec2-base + roberta-base)",
+    "audio_pretrained": "start the audio encoder from this wav2vec2 checkpoint (local directory or hub name)",
+    "text_pretrained": "start the text encoder and its tokenizer from this RoBERTa-family checkpoint",
+    "tokenizer": "an existing tokenizer.json to use (default: the pretrained one, else one trained on the corpus)",
+    "vocab_size": "vocabulary size of a tokenizer trained on the corpus (tiny and small presets)",
+    "train_text_encoder": "fine-tune the text encoder too (the paper keeps it frozen)",
+    "train_feature_encoder": "train wav2vec2's convolutional front end too",
+    "epochs": "passes over the training set",
+    "batch_size": "utterances per batch",
+    "grad_accum": "batches whose gradients are summed before each optimizer step",
+    "lr": "AdamW learning rate (constant)",
+    "weight_decay": "AdamW weight decay",
+    "lam": "weight lambda of the auxiliary losses: CE + lambda * (CTC + SCL + ACL)",
+    "scl": "supervised-contrastive loss: 'published' as the authors' code computes it, 'supcon' as Khosla et al.",
+    "ctc_reduction": "CTC loss 'sum' over the batch as published, or 'mean' per target character, then over the batch",
+    "augment": "augmented second view of each utterance for the augmentation-contrastive loss (ACL); "
+               "--no-augment halves the time per epoch",
+    "max_audio_seconds": "clips longer than this are cut to it",
+    "test_session": "session held out for the final test (its speakers never seen in training or selection)",
+    "validation": "fraction of the training speakers held out for model selection",
+    "device": "auto (CUDA when torch sees a GPU), cpu, cuda or any torch device name",
+    "seed": "seed of every random choice (split, shuffling, augmentation, initialisation)",
+    "workers": "DataLoader worker processes (0 = load in the training process)",
+    "checkpoint_every": "optimizer steps between mid-epoch checkpoints (0 = at the end of each epoch only)",
+    "max_minutes": "stop after the epoch in progress once this much time has passed (0 = no limit)",
+    "resume": "continue the run saved in --out/last",
+}
+FLAG_CHOICES = {"preset": sorted(PRESETS), "scl": SCL_FORMS, "ctc_reduction": ("sum", "mean")}
+
+
+def parse_args(argv: list[str] | None = None, prog: str = "python -m training.train",
+               description: str = __doc__.split("\n")[0]) -> TrainConfig:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", type=Path, help="JSON file of defaults for any flag below (snake_case keys)")
     for field in fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
+        # default=None so that --config can fill what the command line leaves out; the real default is in the help.
+        help_text = FLAG_HELP.get(field.name)
+        if help_text is not None and field.type == "bool":
+            help_text += f" (default: {flag if field.default else '--no-' + flag[2:]})"
+        elif help_text is not None and field.default not in (None, ""):
+            help_text += f" (default: {field.default})"
         if field.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            parser.add_argument(flag, type={"int": int, "float": float}.get(field.type, str), default=None)
+            parser.add_argument(flag, type={"int": int, "float": float}.get(field.type, str), default=None,
+                                choices=FLAG_CHOICES.get(field.name), help=help_text)
     args = vars(parser.parse_args(argv))
     config_file = args.pop("config")
     values = _read_config_file(config_file) if config_file else {}
