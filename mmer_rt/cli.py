@@ -144,12 +144,35 @@ def _info(args: argparse.Namespace) -> int:
           f"({manifest.max_audio_samples / manifest.sample_rate:.2f} s)")
     print(f"text cleaning     {manifest.text_cleaning}")
     print(f"tokenizer         {manifest.tokenizer}")
-    for name, variant in manifest.variants.items():
-        parity = ", ".join(f"{key}={value}" for key, value in _flat(variant.parity)) or "not recorded"
-        print(f"variant {name:<9} parity: {parity}")
+    print(f"variants          {', '.join(manifest.variants)}")
+    print()
+    print("\n".join(parity_table(manifest)))
+    print()
+    width = max(map(len, manifest.versions), default=0)
     for name, version in manifest.versions.items():
-        print(f"version {name:<9} {version}")
+        print(f"version {name:<{width}}  {version}")
     return 0
+
+
+def parity_table(manifest: ModelManifest) -> list[str]:
+    """Each variant's parity against the PyTorch fp32 model as aligned text: a row per figure, a column per
+    variant (three columns stay narrow however many figures an export records); "-" where one is missing."""
+    flat = {name: dict(_flat(variant.parity)) for name, variant in manifest.variants.items()}
+    figures = list(dict.fromkeys(key for values in flat.values() for key in values))
+    rows = [["parity vs PyTorch fp32", *flat]]
+    rows += [[figure, *(_cell(values.get(figure)) for values in flat.values())] for figure in figures]
+    if not figures:
+        rows.append(["not recorded", *("-" for _ in flat)])
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
 
 
 def _flat(values: dict, prefix: str = ""):

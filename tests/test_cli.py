@@ -113,12 +113,19 @@ def test_info_prints_labels_variants_parity_and_versions(capsys, tiny_model_dir)
     out = capsys.readouterr().out
     manifest = json.loads((tiny_model_dir / "mmer.json").read_text())
     assert f"labels            {', '.join(manifest['labels'])}" in out
-    for name, variant in manifest["variants"].items():
-        assert f"variant {name}" in out
-        for key, value in variant["parity"].items():
-            assert f"{key}={value}" in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("parity vs PyTorch fp32"))
+    variants = list(manifest["variants"])
+    end = lines.index("", header)
+    table = {line.split()[0]: line for line in lines[header + 1 : end]}
+    first = len("parity vs PyTorch fp32")
+    starts = [lines[header].index(f" {name}", first) + 1 for name in variants]  # each variant's column
+    for column, name in zip(starts, variants):
+        for key, value in manifest["variants"][name]["parity"].items():
+            cell = table[key][column:].split()[0]  # the value starts exactly under its variant's name
+            assert cell == (f"{value:.3g}" if isinstance(value, float) else str(value)), (name, key)
     for name, version in manifest["versions"].items():
-        assert name in out and str(version) in out
+        assert any(line.split() == ["version", name, str(version)] for line in lines)
     assert main(["info", str(tiny_model_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == manifest
 
@@ -140,3 +147,30 @@ def test_info_shows_nested_parity_figures_with_dotted_keys():
     parity = {"max_abs_probability": 1e-3, "speech": {"clips": 32, "top1_agreement": 1.0}}
     assert list(_flat(parity)) == [("max_abs_probability", 1e-3), ("speech.clips", 32),
                                    ("speech.top1_agreement", 1.0)]
+
+
+def test_parity_table_stays_aligned_when_variants_record_different_figures():
+    from types import SimpleNamespace
+
+    from mmer_rt.cli import parity_table
+
+    variants = {
+        "fp32": SimpleNamespace(parity={"max_abs_probability": 2.7e-7, "top1_agreement": 1.0,
+                                        "provider": "CPUExecutionProvider"}),
+        "fp16": SimpleNamespace(parity={"max_abs_probability": 3.4e-4, "provider": "CUDAExecutionProvider",
+                                        "speech": {"clips": 32, "top1_agreement": 0.96875}}),
+        "int8": SimpleNamespace(parity={}),
+    }
+    lines = parity_table(SimpleNamespace(variants=variants))
+    assert lines[0].split() == ["parity", "vs", "PyTorch", "fp32", "fp32", "fp16", "int8"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert list(rows) == ["max_abs_probability", "top1_agreement", "provider", "speech.clips",
+                          "speech.top1_agreement"]
+    columns = [lines[0].index(f" {name}", len("parity vs PyTorch fp32")) + 1 for name in variants]
+    cells = {key: [line[start:].split()[0] for start in columns] for key, line in rows.items()}
+    assert cells["max_abs_probability"] == ["2.7e-07", "0.00034", "-"]
+    assert cells["provider"] == ["CPUExecutionProvider", "CUDAExecutionProvider", "-"]
+    assert cells["speech.clips"] == ["-", "32", "-"]
+    assert cells["speech.top1_agreement"] == ["-", "0.969", "-"]
+    for line in lines[1:]:
+        assert all(line[start - 1] == " " for start in columns)  # every cell starts at its column
