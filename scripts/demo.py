@@ -3,7 +3,8 @@
     python scripts/demo.py [--work runs/demo]
 
 Each step prints the command a user would run for it. Steps whose output already exists in ``--work`` are
-reused, so an interrupted demo picks up where it stopped; ``--fresh`` starts over (it deletes ``--work``).
+reused, and the demo says which and how to start over, so an interrupted demo picks up where it stopped;
+``--fresh`` starts over (it deletes ``--work``).
 The voices of the test session (Session5) are never heard in training or model selection.
 """
 
@@ -29,41 +30,66 @@ TRAIN_FLAGS = [
 ]
 
 
+FRESH_HINT = "bash scripts/demo.sh --fresh (or python scripts/demo.py --fresh) deletes it and starts over"
+
+
 def run(step: str, args: list[str]) -> None:
     print(f"\n== {step}\n$ {shlex.join(['python', *args])}", flush=True)
     subprocess.run([sys.executable, *args], cwd=ROOT, check=True)
 
 
+def reuse(step: str, what: str, path: Path) -> None:
+    print(f"\n== {step}\nreusing {what} from an earlier run: {path}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "demo", help="folder for everything made")
-    parser.add_argument("--fresh", action="store_true", help="delete --work first")
+    parser.add_argument("--fresh", action="store_true", help="delete --work first and redo every step")
     args = parser.parse_args(argv)
     work = args.work.resolve()
-    if args.fresh:
-        shutil.rmtree(work, ignore_errors=True)
+    if args.fresh and work.exists():
+        print(f"--fresh: deleting {work}")
+        shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     corpus, run_dir, model_dir = work / "corpus", work / "train", work / "model"
     started = time.monotonic()
+    reused = []
+    if any(work.iterdir()):
+        print(f"{work} holds an earlier run: finished steps are reused, an interrupted one continues; {FRESH_HINT}")
 
-    if not (corpus / "manifest.jsonl").is_file():
-        run("1. synthesise a 10-voice emotional-speech corpus with espeak-ng",
-            ["-m", "training.synth", "--out", str(corpus), "--seed", "0"])
-    if not (run_dir / "results.json").is_file():
+    step = "1. synthesise a 10-voice emotional-speech corpus with espeak-ng"
+    if (corpus / "manifest.jsonl").is_file():
+        clips = sum(1 for line in (corpus / "manifest.jsonl").open(encoding="utf-8") if line.strip())
+        reuse(step, f"the corpus ({clips} clips)", corpus)
+        reused.append("corpus")
+    else:
+        run(step, ["-m", "training.synth", "--out", str(corpus), "--seed", "0"])
+    step = f"2. train a small MMER, holding out {TEST_SESSION}'s voices"
+    if (run_dir / "results.json").is_file():
+        reuse(step, "the trained model (best checkpoint and test scores)", run_dir)
+        reused.append("training")
+    else:
         resume = ["--resume"] if (run_dir / "last" / "trainer_state.json").is_file() else []
-        run(f"2. train a small MMER, holding out {TEST_SESSION}'s voices",
-            ["-m", "training.train", "--manifest", str(corpus / "manifest.jsonl"), "--out", str(run_dir),
-             "--test-session", TEST_SESSION, *TRAIN_FLAGS, *resume])
-    if not (model_dir / "mmer.json").is_file():
+        if resume:
+            print(f"\n(an earlier run's training stopped part way: continuing it from {run_dir / 'last'})")
+        run(step, ["-m", "training.train", "--manifest", str(corpus / "manifest.jsonl"), "--out", str(run_dir),
+                   "--test-session", TEST_SESSION, *TRAIN_FLAGS, *resume])
+    step = "3. export the best checkpoint to ONNX (fp32 and int8, with a parity report on synthetic and real speech)"
+    if (model_dir / "mmer.json").is_file():
+        reuse(step, "the exported model directory", model_dir)
+        reused.append("export")
+    else:
         # Parity is measured on 32 of the corpus's clips as well as the synthetic probes (it compares the exported
         # graphs with the PyTorch model on them; nothing is learned or selected from them).
-        run("3. export the best checkpoint to ONNX (fp32 and int8, with a parity report on synthetic and real speech)",
-            ["-m", "export.to_onnx", str(run_dir / "best"), "--out", str(model_dir), "--precision", "fp32,int8",
-             "--speech-manifest", str(corpus / "manifest.jsonl"), "--force"])
+        run(step, ["-m", "export.to_onnx", str(run_dir / "best"), "--out", str(model_dir), "--precision",
+                   "fp32,int8", "--speech-manifest", str(corpus / "manifest.jsonl"), "--force"])
     run("4. recognise the held-out voices with mmer_rt.Recognizer (no torch involved)",
         [str(ROOT / "scripts" / "recognize_heldout.py"), str(model_dir), str(corpus / "manifest.jsonl"),
          "--session", TEST_SESSION])
     print(f"\ndemo finished in {(time.monotonic() - started) / 60:.1f} minutes; everything is in {work}")
+    if reused:
+        print(f"reused from an earlier run: {', '.join(reused)}; {FRESH_HINT}")
 
 
 if __name__ == "__main__":
