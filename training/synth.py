@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from mmer_rt.audio import SAMPLE_RATE
 from mmer_rt.corpus import Utterance, write_manifest
@@ -206,7 +207,9 @@ def synthesize_corpus(
     (out_dir / "wav").mkdir(parents=True, exist_ok=True)
     plans = plan_corpus(seed, voice_names, per_class)
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        list(pool.map(lambda plan: _render(espeak, plan, out_dir / "wav" / f"{plan.id}.wav"), plans))
+        rendered = pool.map(lambda plan: _render(espeak, plan, out_dir / "wav" / f"{plan.id}.wav"), plans)
+        # A progress bar on stderr: a corpus takes minutes on a small machine.
+        list(tqdm(rendered, total=len(plans), desc="synthesise", unit="clip", mininterval=1.0))
     utterances = [
         Utterance(id=p.id, audio=out_dir / "wav" / f"{p.id}.wav", text=p.text, label=p.label, speaker=p.voice,
                   session=p.session)
