@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.add_argument("--device", choices=DEVICES, default="auto",
-                         help="auto: CUDA when onnxruntime offers it and it starts, else the CPU (default: %(default)s)")
+                         help="auto: CUDA when onnxruntime offers it and it starts, else the CPU "
+                              "(default: %(default)s)")
     predict.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
                          help="graphs to run; auto: fp16 on CUDA, int8 on the CPU, where the directory holds them, "
                               "else fp32 (default: %(default)s)")

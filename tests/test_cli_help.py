@@ -123,4 +123,5 @@ def test_the_check_finds_a_flag_without_help_a_hidden_default_and_hidden_choices
     commands.add_parser("quiet")
     found = problems("probe", parser)
     assert found == ["probe --plain: no help text", "probe --size: the help does not show the default 3",
-                     "probe --mode: the metavar hides the choices and the help omits ['b']", "probe quiet: no help text"]
+                     "probe --mode: the metavar hides the choices and the help omits ['b']",
+                     "probe quiet: no help text"]

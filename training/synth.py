@@ -208,7 +208,7 @@ def synthesize_corpus(
     plans = plan_corpus(seed, voice_names, per_class)
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         rendered = pool.map(lambda plan: _render(espeak, plan, out_dir / "wav" / f"{plan.id}.wav"), plans)
-        # A progress bar on stderr: a corpus takes minutes on a small machine.
+        # A progress bar on stderr: the demo's corpus is 800 clips.
         list(tqdm(rendered, total=len(plans), desc="synthesise", unit="clip", mininterval=1.0))
     utterances = [
         Utterance(id=p.id, audio=out_dir / "wav" / f"{p.id}.wav", text=p.text, label=p.label, speaker=p.voice,
