@@ -30,9 +30,6 @@ TRAIN_FLAGS = [
 ]
 
 
-FRESH_HINT = "bash scripts/demo.sh --fresh (or python scripts/demo.py --fresh) deletes it and starts over"
-
-
 def run(step: str, args: list[str]) -> None:
     print(f"\n== {step}\n$ {shlex.join(['python', *args])}", flush=True)
     subprocess.run([sys.executable, *args], cwd=ROOT, check=True)
@@ -55,8 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     corpus, run_dir, model_dir = work / "corpus", work / "train", work / "model"
     started = time.monotonic()
     reused = []
+    again = "" if work == (ROOT / "runs" / "demo").resolve() else f" --work {shlex.quote(str(work))}"
+    fresh_hint = f"to start over: bash scripts/demo.sh --fresh{again} (deletes {work})"
     if any(work.iterdir()):
-        print(f"{work} holds an earlier run: finished steps are reused, an interrupted one continues; {FRESH_HINT}")
+        print(f"{work} holds an earlier run: finished steps are reused, an interrupted one continues; {fresh_hint}")
 
     step = "1. synthesise a 10-voice emotional-speech corpus with espeak-ng"
     if (corpus / "manifest.jsonl").is_file():
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
          "--session", TEST_SESSION])
     print(f"\ndemo finished in {(time.monotonic() - started) / 60:.1f} minutes; everything is in {work}")
     if reused:
-        print(f"reused from an earlier run: {', '.join(reused)}; {FRESH_HINT}")
+        print(f"reused from an earlier run: {', '.join(reused)}; {fresh_hint}")
 
 
 if __name__ == "__main__":
