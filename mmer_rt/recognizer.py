@@ -10,11 +10,11 @@ from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 
-from .audio import AudioSource, load_audio, pad_batch
+from .audio import AudioSource, load_clip, pad_batch
 from .batching import BatchBudget, plan_batches
-from .errors import AudioError, DeviceError, ModelDirError, TextError
+from .errors import AudioError, DeviceError, MMERError, ModelDirError, TextError
 from .modeldir import (
-    AUDIO_INPUTS, AUDIO_OUTPUTS, FUSION_INPUTS, FUSION_OUTPUTS, PRECISIONS, TEXT_INPUTS, TEXT_OUTPUTS,
+    AUDIO_INPUTS, AUDIO_OUTPUTS, FUSION_INPUTS, FUSION_OUTPUTS, MANIFEST_NAME, PRECISIONS, TEXT_INPUTS, TEXT_OUTPUTS,
     ModelManifest, verified_graph_path,
 )
 from .session import Graph, open_session, resolve_device
@@ -23,6 +23,7 @@ from .text import TEXT_CLEANING_RULE, TextTokenizer, clean_transcript, ctc_greed
 logger = logging.getLogger("mmer_rt")
 
 LONG_AUDIO_POLICIES = ("truncate", "window")
+ERROR_POLICIES = ("raise", "return")
 DEFAULT_MAX_TEXT_TOKENS = 512
 # The receptive field of wav2vec2's convolutional feature encoder (25 ms at 16 kHz): shorter audio yields no
 # frame at all. A manifest may state its own model's value as extra["min_audio_samples"].
@@ -127,7 +128,10 @@ class Recognizer:
 
         Raises:
           ModelDirError: a missing or unusable directory, manifest, tokenizer or graph, an unknown manifest
-            version, or a requested precision the directory lacks.
+            version, a manifest field of the wrong type or out of range (the message names it), a manifest that
+            disagrees with its graphs (labels against the fusion graph's output, ctc_vocab against the CTC
+            head's, max_text_tokens and min_audio_samples against a probe run), or a requested precision the
+            directory lacks.
           IntegrityError: a graph whose SHA-256 differs from the manifest's.
           DeviceError: ``device="cuda"`` where CUDA is not available or does not start.
           ValueError: an unknown device, precision or long-audio policy, or a bad thread count.
@@ -149,6 +153,7 @@ class Recognizer:
             warnings.warn(message, RuntimeWarning, stacklevel=2)
             resolved = "cpu"
             chosen, graphs = _load_variant(model_dir, manifest, resolved, precision, threads)
+        _probe(model_dir, manifest, graphs, tokenizer)
         logger.info("mmer_rt: %s on %s, %s precision", model_dir, resolved, chosen)
         return cls(model_dir, manifest, graphs, tokenizer, resolved, chosen, batch_budget or BatchBudget(),
                    long_audio)
@@ -163,54 +168,86 @@ class Recognizer:
 
         Args:
           audio: a path, the bytes of an audio file, a binary file object, or a numpy array (any float or
-            integer dtype, mono or multi-channel) with its ``sample_rate``. It is resampled to 16 kHz.
+            integer dtype, mono or multi-channel) with its ``sample_rate``. It is resampled to 16 kHz; with the
+            "truncate" policy only the part that will be heard is decoded and resampled.
           text: the transcript; None uses the CTC head's greedy transcript (less accurate than a real one).
           sample_rate: the rate of an array; for files, None or the file's own rate.
 
         Raises:
           AudioError: unusable audio (see :func:`mmer_rt.load_audio`), or audio shorter than the encoder's
             receptive field (400 samples, 25 ms, for wav2vec2).
-          TextError: a transcript that is not a str.
+          TextError: a transcript that is not a str, or not valid Unicode (a lone surrogate).
         """
         return self.predict_batch([Utterance(audio, text, sample_rate)])[0]
 
-    def predict_batch(self, items: Iterable[BatchItem], sample_rate: int | None = None) -> list[Prediction]:
+    def predict_batch(
+        self, items: Iterable[BatchItem], sample_rate: int | None = None, errors: str = "raise",
+    ) -> list[Prediction | MMERError]:
         """Recognise many utterances, batched by length; results come back in input order.
 
         Each item is an audio source, an ``(audio, text)`` pair or an :class:`Utterance`; ``sample_rate``
         applies to array items that do not carry their own. An utterance gets the same result alone or in any
-        batch. Raises as :meth:`predict` does, naming the item at fault.
+        batch.
+
+        Args:
+          errors: ``"raise"`` (default): the first bad item raises, as :meth:`predict` does, and nothing is
+            returned. ``"return"``: a bad item's place in the result holds its error (an :class:`MMERError`:
+            AudioError or TextError) instead of a Prediction, and every other item is answered exactly as it
+            would be without the bad one (bad items are set aside before batching, so they take no batch's place).
+            Errors name the item: its path, or ``item N`` (its index) for other sources.
+
+        Raises:
+          AudioError, TextError: with ``errors="raise"``, the first bad item's.
+          ValueError: an unknown ``errors`` policy.
         """
-        utterances = [_as_utterance(item, sample_rate) for item in items]
-        pieces, durations, truncated = self._pieces(utterances)
-        probabilities, transcripts = self._run(pieces)
-        rows: list[list[int]] = [[] for _ in utterances]
+        if errors not in ERROR_POLICIES:
+            raise ValueError(f"errors must be one of {', '.join(ERROR_POLICIES)}; got {errors!r}")
+        results: list[Prediction | MMERError | None] = []
+        pieces: list[_Piece] = []
+        clips = {}
+        for index, item in enumerate(items):
+            results.append(None)
+            try:
+                utterance, clip, windows = self._prepare(item, index, sample_rate)
+            except MMERError as error:
+                if errors == "raise":
+                    raise
+                results[index] = error
+                continue
+            clips[index] = (utterance.text is not None, clip)
+            pieces.extend(_Piece(index, window, utterance.text) for window in windows)
+        probabilities, transcripts = self._run(pieces) if pieces else (None, [])
+        rows: dict[int, list[int]] = {index: [] for index in clips}
         for row, piece in enumerate(pieces):
             rows[piece.owner].append(row)
-        return [
-            self._combine(rows[owner], probabilities, transcripts, utterance.text is not None, durations[owner],
-                          truncated[owner])
-            for owner, utterance in enumerate(utterances)
-        ]
+        for index, (given, clip) in clips.items():
+            results[index] = self._combine(rows[index], probabilities, transcripts, given, clip.duration,
+                                           clip.truncated)
+        return results
 
-    def _pieces(self, utterances: Sequence[Utterance]) -> tuple[list[_Piece], list[float], list[bool]]:
-        pieces, durations, truncated = [], [], []
-        limit = self.manifest.max_audio_samples
-        for owner, utterance in enumerate(utterances):
-            text = _checked_text(utterance.text, owner)
-            waveform = load_audio(utterance.audio, utterance.sample_rate, target_rate=self.manifest.sample_rate)
-            self._check_length(waveform, _describe(utterance.audio, owner))
-            durations.append(len(waveform) / self.manifest.sample_rate)
-            truncated.append(self.long_audio == "truncate" and len(waveform) > limit)
-            pieces.extend(_Piece(owner, window, text) for window in self._windows(waveform))
-        return pieces, durations, truncated
+    def _prepare(self, item: BatchItem, index: int, sample_rate: int | None):
+        """(utterance, clip, windows) of one batch item, or the MMERError that sets it aside, naming the item."""
+        audio = item.audio if isinstance(item, Utterance) else item[0] if isinstance(item, tuple) and item else item
+        label = str(audio) if isinstance(audio, (str, Path)) else f"item {index}"
+        try:
+            utterance = _as_utterance(item, sample_rate)
+            _checked_text(utterance.text)
+            limit = self.manifest.max_audio_samples
+            clip = load_clip(utterance.audio, utterance.sample_rate, target_rate=self.manifest.sample_rate,
+                             max_samples=limit if self.long_audio == "truncate" else None)
+            self._check_length(clip.samples)
+        except MMERError as error:
+            if str(error).startswith(f"{label}:"):
+                raise
+            raise type(error)(f"{label}: {error}") from error
+        return utterance, clip, self._windows(clip.samples)
 
-    def _check_length(self, waveform: np.ndarray, name: str) -> None:
-        minimum = int(self.manifest.extra.get("min_audio_samples", DEFAULT_MIN_AUDIO_SAMPLES))
+    def _check_length(self, waveform: np.ndarray) -> None:
+        minimum = _min_audio_samples(self.manifest)
         if len(waveform) < minimum:
             rate = self.manifest.sample_rate
             raise AudioError(
-                f"{name}: {len(waveform)} samples at {rate} Hz are too short for the audio encoder, which needs "
+                f"{len(waveform)} samples at {rate} Hz are too short for the audio encoder, which needs "
                 f"at least {minimum} ({1000 * minimum / rate:.0f} ms)"
             )
 
@@ -283,23 +320,72 @@ def _check_manifest(model_dir: Path, manifest: ModelManifest) -> None:
             f"{model_dir}: the model was exported with text cleaning rule {manifest.text_cleaning!r}, but this "
             f"mmer-rt applies {TEXT_CLEANING_RULE!r}; upgrade mmer-rt or re-export the model"
         )
-    if not manifest.labels:
-        raise ModelDirError(f"{model_dir}: the manifest lists no labels")
-    if manifest.max_audio_samples < 1 or manifest.sample_rate < 1:
-        raise ModelDirError(f"{model_dir}: the manifest's sample_rate and max_audio_samples must be positive")
+
 
 
 def _load_tokenizer(model_dir: Path, manifest: ModelManifest) -> TextTokenizer:
     path = model_dir / manifest.tokenizer
     if not path.is_file():
         raise ModelDirError(f"tokenizer file missing from the model directory: {path}")
-    max_tokens = int(manifest.extra.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS))
+    max_tokens = manifest.extra.get("max_text_tokens", DEFAULT_MAX_TEXT_TOKENS)
     try:
-        return TextTokenizer(path, max_tokens=max_tokens)
+        tokenizer = TextTokenizer(path, max_tokens=max_tokens)
     except TextError as error:
         raise ModelDirError(f"{path}: unusable tokenizer ({error})") from error
     except Exception as error:  # the tokenizers library raises plain Exception on a malformed file
         raise ModelDirError(f"{path}: cannot read the tokenizer ({error})") from error
+    specials = tokenizer.encode_batch([""]).input_ids.shape[1]
+    if max_tokens <= specials:
+        raise ModelDirError(
+            f"{model_dir / MANIFEST_NAME}: extra.max_text_tokens: {max_tokens} leaves no room for a word beside "
+            f"the tokenizer's {specials} special tokens"
+        )
+    return tokenizer
+
+
+def _min_audio_samples(manifest: ModelManifest) -> int:
+    return manifest.extra.get("min_audio_samples", DEFAULT_MIN_AUDIO_SAMPLES)
+
+
+def _probe(model_dir: Path, manifest: ModelManifest, graphs: dict[str, Graph], tokenizer: TextTokenizer) -> None:
+    """Run the three graphs once, on the shortest audio and the longest transcript the manifest promises, and
+    compare what they give with what the manifest says: a manifest edited by hand, or written for other graphs,
+    is refused here rather than failing (or answering wrongly) at every prediction."""
+    where = model_dir / MANIFEST_NAME
+    minimum = _min_audio_samples(manifest)
+    values, sample_mask = pad_batch([np.zeros(minimum, dtype=np.float32)])
+    try:
+        audio = graphs["audio_encoder"].run({"input_values": values, "sample_mask": sample_mask},
+                                            host_outputs=("frame_mask", "ctc_logits"),
+                                            device_outputs=("hidden_states",))
+    except Exception as error:  # onnxruntime's own exception types share no base class but Exception
+        raise ModelDirError(f"{where}: extra.min_audio_samples: the audio graph fails on {minimum} samples "
+                            f"({error})") from error
+    if audio["frame_mask"].sum() < 1:
+        raise ModelDirError(f"{where}: extra.min_audio_samples: {minimum} samples give the audio encoder no frame; "
+                            "the value is below its receptive field")
+    width = audio["ctc_logits"].shape[-1]
+    if width != len(manifest.ctc_vocab):
+        raise ModelDirError(f"{where}: ctc_vocab: {len(manifest.ctc_vocab)} symbols, but the audio graph's CTC head "
+                            f"scores {width}")
+    longest = tokenizer.max_tokens
+    encoded = tokenizer.encode_batch([" ".join(["a"] * longest)])
+    try:
+        text = graphs["text_encoder"].run(
+            {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask},
+            device_outputs=("token_embeddings",))
+        fusion = graphs["fusion"].run(
+            {"hidden_states": audio["hidden_states"], "frame_mask": audio["frame_mask"],
+             "token_embeddings": text["token_embeddings"], "attention_mask": encoded.attention_mask},
+            host_outputs=("logits",))
+    except Exception as error:
+        raise ModelDirError(f"{where}: extra.max_text_tokens: the text or fusion graph fails on a transcript of "
+                            f"{encoded.input_ids.shape[1]} tokens; is the value more than the text encoder's "
+                            f"positions? ({error})") from error
+    width = fusion["logits"].shape[-1]
+    if width != len(manifest.labels):
+        raise ModelDirError(f"{where}: labels: {len(manifest.labels)} labels, but the fusion graph scores {width} "
+                            "classes")
 
 
 def _choose_precision(model_dir: Path, manifest: ModelManifest, device: str, precision: str) -> str:
@@ -344,16 +430,17 @@ def _as_utterance(item: BatchItem, sample_rate: int | None) -> Utterance:
     return Utterance(item, None, sample_rate)
 
 
-def _checked_text(text: Any, index: int) -> str | None:
+def _checked_text(text: Any) -> str | None:
     if text is not None and not isinstance(text, str):
-        raise TextError(f"item {index}: the transcript must be a str or None, got {type(text).__name__}")
+        raise TextError(f"the transcript must be a str or None, got {type(text).__name__}")
+    if text is not None:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise TextError(f"the transcript is not valid Unicode text ({error.reason} at character "
+                            f"{error.start}): a lone surrogate, as decoding bytes with errors='surrogateescape' "
+                            "leaves; decode it with the right encoding") from None
     return text
-
-
-def _describe(audio: Any, index: int) -> str:
-    if isinstance(audio, (str, Path)):
-        return str(audio)
-    return f"item {index}"
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
