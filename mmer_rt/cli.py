@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Sequence
 
 from tqdm import tqdm
 
 from .batching import BatchBudget
-from .errors import MMERError
+from .errors import MMERError, TextError
 from .modeldir import PRECISIONS, ModelManifest
 from .recognizer import LONG_AUDIO_POLICIES, Prediction, Recognizer, Utterance
 from .session import DEVICES
@@ -20,16 +22,30 @@ from .session import DEVICES
 # Files are decoded a chunk at a time so that memory stays bounded however many are named.
 FILES_PER_CHUNK = 64
 
+# Exit statuses. argparse exits with 2 itself; a crash is sysexits.h's EX_SOFTWARE, so that a script can tell a
+# bug in mmer-rt from bad input; a closed pipe (``| head``) is what a shell reports for a process killed by SIGPIPE.
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CRASH, EXIT_BROKEN_PIPE = 0, 1, 2, 70, 141
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 success, 1 an mmer_rt error, 2 bad usage)."""
+    """Run the command line; returns the exit status: 0 success; 1 an mmer_rt error (with ``predict``, any file
+    that failed; the others are still answered); 2 bad usage; 70 an unexpected crash (a bug: the traceback is on
+    stderr); 141 the reader of stdout went away (``| head``), quietly."""
     parser = _parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
     except MMERError as error:
         print(f"mmer-rt: error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit: point stdout at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except Exception as error:  # anything else is a bug in mmer-rt or a library, not a problem with the input
+        traceback.print_exc()
+        print(f"mmer-rt: internal error, please report it: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_CRASH
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,7 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--long-audio", choices=LONG_AUDIO_POLICIES, default="truncate",
                          help="audio longer than the model's maximum: truncate to its start, or window (average "
                               "full-length windows) (default: %(default)s)")
-    predict.set_defaults(run=_predict)
+    predict.add_argument("--fail-fast", action="store_true",
+                         help="stop at the first file that fails (default: answer every other file, report each "
+                              "failure on stderr and exit with status 1)")
+    predict.set_defaults(run=_predict, parser=predict)
 
     info = commands.add_parser("info", help="describe a model directory")
     info.add_argument("model", metavar="DIR", help="model directory")
@@ -80,23 +99,38 @@ def _predict(args: argparse.Namespace) -> int:
         args.model, device=args.device, precision=args.precision, threads=args.threads,
         batch_budget=BatchBudget(max_items=args.batch_size), long_audio=args.long_audio,
     )
+    failed = 0
     # The bar goes to stderr, and only to a terminal, so that stdout stays clean for pipes.
     with tqdm(total=len(args.files), unit="file", disable=None if len(args.files) > 1 else True,
               file=sys.stderr) as bar:
         for start in range(0, len(args.files), FILES_PER_CHUNK):
             chunk = args.files[start : start + FILES_PER_CHUNK]
-            predictions = recognizer.predict_batch([Utterance(path, texts.get(path)) for path in chunk])
-            for path, prediction in zip(chunk, predictions):
-                bar.write(_format(path, prediction, args.json), file=sys.stdout)
+            results = recognizer.predict_batch([Utterance(path, texts.get(path)) for path in chunk],
+                                               errors="raise" if args.fail_fast else "return")
+            for path, result in zip(chunk, results):
+                if isinstance(result, MMERError):
+                    failed += 1
+                    bar.write(f"mmer-rt: error: {result}", file=sys.stderr)
+                    if args.json:
+                        bar.write(json.dumps({"file": _printable(path), "error": str(result),
+                                              "error_type": type(result).__name__}, ensure_ascii=False),
+                                  file=sys.stdout)
+                else:
+                    bar.write(_format(path, result, args.json), file=sys.stdout)
             bar.update(len(chunk))
-    return 0
+    if failed:
+        print(f"mmer-rt: {failed} of {len(args.files)} files failed", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
 
 
 def _transcripts(args: argparse.Namespace) -> dict[str, str]:
     if args.text is not None:
         if len(args.files) != 1:
-            raise MMERError(f"--text gives the transcript of one file, but {len(args.files)} were named; "
-                            "use --transcripts TSV for several")
+            args.parser.error(f"--text gives the transcript of one file, but {len(args.files)} were named; "
+                              "use --transcripts TSV for several")
+        if args.text != _printable(args.text):
+            raise TextError("--text is not valid UTF-8 (or not valid in this terminal's encoding)")
         return {args.files[0]: args.text}
     if args.transcripts is None:
         return {}
@@ -106,6 +140,12 @@ def _transcripts(args: argparse.Namespace) -> dict[str, str]:
         raise MMERError(f"{args.transcripts} has no transcript for {', '.join(missing[:5])}"
                         + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
     return table
+
+
+def _printable(text: str) -> str:
+    """A command-line string with the bytes that were not valid UTF-8 (kept by Python as lone surrogates, which
+    stdout cannot encode) shown as escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _read_tsv(path: Path) -> dict[str, str]:
@@ -125,6 +165,7 @@ def _read_tsv(path: Path) -> dict[str, str]:
 
 
 def _format(path: str, prediction: Prediction, as_json: bool) -> str:
+    path = _printable(path)
     if as_json:
         return json.dumps({"file": path, **prediction.to_dict()}, ensure_ascii=False)
     notes = " (truncated)" if prediction.truncated else ""

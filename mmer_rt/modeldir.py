@@ -136,7 +136,10 @@ def _parse_manifest(raw: dict) -> ModelManifest:
     """A ModelManifest from the parsed JSON, every field checked; raises _FieldError naming the first bad one."""
     _keys(raw, "", required=_MANIFEST_REQUIRED, optional=_MANIFEST_OPTIONAL)
     labels = _str_list(raw["labels"], "labels")
-    sample_rate = _int(raw["sample_rate"], "sample_rate", SAMPLE_RATE, SAMPLE_RATE)
+    sample_rate = _int(raw["sample_rate"], "sample_rate", 1, 10**9)
+    if sample_rate != SAMPLE_RATE:
+        raise _FieldError("sample_rate", f"{sample_rate} Hz, but the graphs of this format take {SAMPLE_RATE} Hz "
+                                         "audio (wav2vec2's rate); re-export the model")
     max_audio_samples = _int(raw["max_audio_samples"], "max_audio_samples", 1, MAX_AUDIO_SECONDS * SAMPLE_RATE)
     extra = _dict(raw.get("extra", {}), "extra")
     if "max_text_tokens" in extra:

@@ -83,7 +83,6 @@ def test_predict_errors_exit_1_with_a_message(capsys, clips, tiny_model_dir, tmp
     cases = [
         (["predict", str(tmp_path / "nope.wav"), "--model", model], "nope.wav: no such audio file"),
         (["predict", clips[0], "--model", str(tmp_path)], "mmer.json is missing"),
-        (["predict", *clips[:2], "--model", model, "--text", "hi"], "--text gives the transcript of one file"),
         (["predict", clips[0], "--model", model, "--transcripts", str(tmp_path / "none.tsv")],
          "cannot read the transcripts file"),
     ]
@@ -101,7 +100,8 @@ def test_predict_errors_exit_1_with_a_message(capsys, clips, tiny_model_dir, tmp
 
 
 @pytest.mark.parametrize("argv", [["predict", "x.wav"], ["predict", "x.wav", "--model", "m", "--batch-size", "0"],
-                                  ["predict", "x.wav", "--model", "m", "--text", "a", "--transcripts", "t"], []])
+                                  ["predict", "x.wav", "--model", "m", "--text", "a", "--transcripts", "t"], [],
+                                  ["predict", "x.wav", "y.wav", "--model", "m", "--text", "a"]])
 def test_bad_usage_exits_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
