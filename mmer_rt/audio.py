@@ -31,6 +31,7 @@ RESAMPLE_MARGIN_SECONDS = 0.25
 # A header that claims more audio than the file holds by more than this share is a file cut short.
 TRUNCATION_TOLERANCE = 0.01
 _READ_BLOCK_FRAMES = 1 << 20
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 # libsndfile's log line for a header size larger than the file, e.g. "data : 64000 (should be 31978)".
 _SHOULD_BE = re.compile(r"(\d+)\s*\(should be (\d+)\)")
 
@@ -82,11 +83,13 @@ def load_clip(
         if sample_rate is None:
             raise AudioError(f"{name}: a numpy array needs its sample_rate")
         _check_rate(sample_rate, name)
-        samples, rate = _array_to_float(source, name), int(sample_rate)
-        channel_axis = _guess_channel_axis(samples)
-        frames = samples.shape[1 - channel_axis] if samples.ndim == 2 else len(samples)
-        samples = samples[: _frames_needed(max_samples, rate, target_rate)] if channel_axis == 1 else \
-            samples[:, : _frames_needed(max_samples, rate, target_rate)]
+        if source.ndim not in (1, 2):
+            raise AudioError(f"{name}: audio arrays must be 1-D or 2-D, got {source.ndim} dimensions")
+        rate, channel_axis = int(sample_rate), _guess_channel_axis(source)
+        frames = source.shape[1 - channel_axis] if source.ndim == 2 else len(source)
+        # Only the part to be heard is converted and resampled.
+        heard = _frames_needed(max_samples, rate, target_rate)
+        samples = _array_to_float(source[:heard] if channel_axis == 1 else source[:, :heard], name)
     else:
         samples, rate, frames = _decode(source, name, sample_rate, max_samples, target_rate)
         channel_axis = 1  # soundfile returns (frames, channels)
@@ -172,6 +175,7 @@ def _decode(source, name: str, sample_rate, max_samples: int | None, target_rate
         source = io.BytesIO(bytes(source))
     elif isinstance(source, (str, Path)):
         _check_path(source, name)
+        source = os.fsencode(source)  # soundfile encodes str paths strictly: a non-UTF-8 file name would fail
     elif not hasattr(source, "read"):
         raise AudioError(
             f"unsupported audio source of type {type(source).__name__}: give a path, bytes, a binary file object "
@@ -193,7 +197,9 @@ def _decode(source, name: str, sample_rate, max_samples: int | None, target_rate
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as error:
         if isinstance(error, AudioError):
             raise
-        raise AudioError(f"{name}: cannot decode audio ({error})") from error
+        # libsndfile's own words ("Format not recognised."), without soundfile's "Error opening <object at 0x..>"
+        reason = getattr(error, "error_string", None) or str(error)
+        raise AudioError(f"{name}: cannot decode audio ({reason})") from error
     if wanted is None or len(data) < wanted:
         # All of the file was read: a count short of the header's is a file cut short (seen with MP3 and others).
         if claimed > 0 and len(data) < claimed * (1 - TRUNCATION_TOLERANCE):
@@ -225,15 +231,20 @@ def _check_not_cut_short(log: str, name: str) -> None:
     """libsndfile reads a WAV, AIFF or AU file whose header claims more data than the file holds without an error,
     only noting in its log "data : 64000 (should be 31978)"; such a file was cut short (an unfinished copy or
     download), and the audio that its header promises is missing."""
+    short = []
     for line in log.splitlines():
         match = _SHOULD_BE.search(line)
         if match:
             claimed, present = int(match.group(1)), int(match.group(2))
             if claimed > present and claimed - present > TRUNCATION_TOLERANCE * claimed:
-                raise AudioError(
-                    f"{name}: the file is truncated: its header announces {claimed} bytes "
-                    f"({line.split(':')[0].strip()} chunk) but the file holds {present}; the file was cut short"
-                )
+                short.append((claimed, present, line.split(":")[0].strip()))
+    if short:
+        # The innermost chunk (the smallest claim): the audio data's, rather than the whole RIFF's.
+        claimed, present, chunk = min(short)
+        raise AudioError(
+            f"{name}: the file is truncated: its header announces {claimed} bytes ({chunk} chunk) but the file holds "
+            f"{present}, {1 - present / claimed:.0%} missing; the file was cut short (an unfinished copy?)"
+        )
 
 
 def _read_frames(handle, wanted: int | None, dtype) -> np.ndarray:
@@ -260,13 +271,14 @@ def _array_to_float(array: np.ndarray, name: str) -> np.ndarray:
         raise AudioError(f"{name}: audio arrays must be 1-D or 2-D, got {array.ndim} dimensions")
     kind = array.dtype.kind
     if kind == "f":
-        if array.dtype.itemsize > 4:
+        if array.dtype.itemsize > 4:  # float16 and float32 always fit
             with np.errstate(invalid="ignore"):
                 peak = float(np.max(np.abs(array))) if array.size else 0.0
-            if math.isfinite(peak) and peak > np.finfo(np.float32).max:
+            if math.isfinite(peak) and peak > _FLOAT32_MAX:
                 raise AudioError(f"{name}: samples of magnitude {peak:.3g} are beyond float32's range; scale the "
                                  "audio (its level does not matter: each utterance is normalised)")
-        return array.astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # only beside NaN or inf, which the caller reports
+            return array.astype(np.float32, copy=False)
     if kind == "i":
         return (array.astype(np.float64) / float(2 ** (8 * array.dtype.itemsize - 1))).astype(np.float32)
     if kind == "u":

@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except MMERError as error:
-        print(f"mmer-rt: error: {error}", file=sys.stderr)
+        print(f"mmer-rt: error: {_printable(str(error))}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
         # Python would complain again when it flushes stdout at exit: point stdout at /dev/null first.
@@ -110,9 +110,9 @@ def _predict(args: argparse.Namespace) -> int:
             for path, result in zip(chunk, results):
                 if isinstance(result, MMERError):
                     failed += 1
-                    bar.write(f"mmer-rt: error: {result}", file=sys.stderr)
+                    bar.write(f"mmer-rt: error: {_printable(str(result))}", file=sys.stderr)
                     if args.json:
-                        bar.write(json.dumps({"file": _printable(path), "error": str(result),
+                        bar.write(json.dumps({"file": _printable(path), "error": _printable(str(result)),
                                               "error_type": type(result).__name__}, ensure_ascii=False),
                                   file=sys.stdout)
                 else:

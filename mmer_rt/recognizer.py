@@ -359,11 +359,11 @@ def _probe(model_dir: Path, manifest: ModelManifest, graphs: dict[str, Graph], t
                                             host_outputs=("frame_mask", "ctc_logits"),
                                             device_outputs=("hidden_states",))
     except Exception as error:  # onnxruntime's own exception types share no base class but Exception
-        raise ModelDirError(f"{where}: extra.min_audio_samples: the audio graph fails on {minimum} samples "
-                            f"({error})") from error
+        raise ModelDirError(f"{where}: extra.min_audio_samples: {minimum} samples are below the audio encoder's "
+                            f"receptive field: the audio graph fails on them ({error})") from error
     if audio["frame_mask"].sum() < 1:
-        raise ModelDirError(f"{where}: extra.min_audio_samples: {minimum} samples give the audio encoder no frame; "
-                            "the value is below its receptive field")
+        raise ModelDirError(f"{where}: extra.min_audio_samples: {minimum} samples are below the audio encoder's "
+                            "receptive field: they give it no frame")
     width = audio["ctc_logits"].shape[-1]
     if width != len(manifest.ctc_vocab):
         raise ModelDirError(f"{where}: ctc_vocab: {len(manifest.ctc_vocab)} symbols, but the audio graph's CTC head "
