@@ -6,7 +6,8 @@ class MMERError(Exception):
 
 
 class AudioError(MMERError, ValueError):
-    """Audio that cannot be used: unreadable, empty, non-finite, of an unsupported dtype or sample rate."""
+    """Audio that cannot be used: missing, unreadable, truncated, empty, non-finite, too short, of an unsupported
+    dtype or sample rate."""
 
 
 class TextError(MMERError, ValueError):
@@ -23,6 +24,11 @@ class IntegrityError(ModelDirError):
 
 class ManifestError(MMERError, ValueError):
     """A data manifest (JSONL of utterances) with a bad row; the message names the file and line."""
+
+
+class InferenceError(MMERError, RuntimeError):
+    """onnxruntime failed running a graph on input that passed every check: out of memory, a device fault or a bug.
+    With ``predict_batch(errors="return")`` only the item that fails alone gets it; its batch-mates are rerun."""
 
 
 class DeviceError(MMERError):

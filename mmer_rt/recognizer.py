@@ -12,7 +12,7 @@ import numpy as np
 
 from .audio import AudioSource, load_clip, pad_batch
 from .batching import BatchBudget, plan_batches
-from .errors import AudioError, DeviceError, MMERError, ModelDirError, TextError
+from .errors import AudioError, DeviceError, InferenceError, MMERError, ModelDirError, TextError
 from .modeldir import (
     AUDIO_INPUTS, AUDIO_OUTPUTS, FUSION_INPUTS, FUSION_OUTPUTS, MANIFEST_NAME, PRECISIONS, TEXT_INPUTS, TEXT_OUTPUTS,
     ModelManifest, verified_graph_path,
@@ -194,10 +194,12 @@ class Recognizer:
             returned. ``"return"``: a bad item's place in the result holds its error (an :class:`MMERError`:
             AudioError or TextError) instead of a Prediction, and every other item is answered exactly as it
             would be without the bad one (bad items are set aside before batching, so they take no batch's place).
-            Errors name the item: its path, or ``item N`` (its index) for other sources.
+            Should onnxruntime fail on a batch, its items are rerun one by one and only one that fails alone
+            gets an InferenceError. Errors name the item: its path, or ``item N`` (its index) for other sources.
 
         Raises:
           AudioError, TextError: with ``errors="raise"``, the first bad item's.
+          InferenceError: with ``errors="raise"``, onnxruntime failed on a batch (the message names its items).
           ValueError: an unknown ``errors`` policy.
         """
         if errors not in ERROR_POLICIES:
@@ -216,13 +218,13 @@ class Recognizer:
                 continue
             clips[index] = (utterance.text is not None, clip)
             pieces.extend(_Piece(index, window, utterance.text) for window in windows)
-        probabilities, transcripts = self._run(pieces) if pieces else (None, [])
+        probabilities, transcripts, failed = self._run(pieces, errors)
         rows: dict[int, list[int]] = {index: [] for index in clips}
         for row, piece in enumerate(pieces):
             rows[piece.owner].append(row)
         for index, (given, clip) in clips.items():
-            results[index] = self._combine(rows[index], probabilities, transcripts, given, clip.duration,
-                                           clip.truncated)
+            results[index] = failed[index] if index in failed else self._combine(
+                rows[index], probabilities, transcripts, given, clip.duration, clip.truncated)
         return results
 
     def _prepare(self, item: BatchItem, index: int, sample_rate: int | None):
@@ -260,16 +262,32 @@ class Recognizer:
         starts = list(range(0, len(waveform) - limit, limit)) + [len(waveform) - limit]
         return [waveform[start : start + limit] for start in starts]
 
-    def _run(self, pieces: Sequence[_Piece]) -> tuple[np.ndarray, list[str]]:
+    def _run(self, pieces: Sequence[_Piece], errors: str) -> tuple[np.ndarray, list[str], dict[int, MMERError]]:
+        """Every piece's probabilities and transcript, and the owners whose pieces onnxruntime failed on."""
         probabilities = np.zeros((len(pieces), len(self.labels)), dtype=np.float64)
         transcripts = [""] * len(pieces)
+        failed: dict[int, MMERError] = {}
         lengths = [len(piece.waveform) for piece in pieces]
-        for batch in plan_batches(lengths, self.batch_budget, self.manifest.sample_rate):
-            batch_probabilities, batch_transcripts = self._run_batch([pieces[i] for i in batch])
+        batches = plan_batches(lengths, self.batch_budget, self.manifest.sample_rate)[::-1]
+        while batches:
+            batch = batches.pop()
+            try:
+                batch_probabilities, batch_transcripts = self._run_batch([pieces[i] for i in batch])
+            except InferenceError as error:
+                owners = sorted({pieces[i].owner for i in batch})
+                if errors == "raise":
+                    raise InferenceError(f"item{'s' if len(owners) > 1 else ''} "
+                                         f"{', '.join(map(str, owners))}: {error}") from error
+                if len(batch) > 1:
+                    # Any one item may be at fault: each runs alone, so that only that one loses its answer.
+                    batches.extend([i] for i in batch[::-1])
+                else:
+                    failed.setdefault(owners[0], InferenceError(f"item {owners[0]}: {error}"))
+                continue
             probabilities[batch] = batch_probabilities
             for i, transcript in zip(batch, batch_transcripts):
                 transcripts[i] = transcript
-        return probabilities, transcripts
+        return probabilities, transcripts, failed
 
     def _run_batch(self, pieces: Sequence[_Piece]) -> tuple[np.ndarray, list[str]]:
         """Audio graph, transcripts, text graph, fusion graph, softmax, for one batch."""

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence, Union
 import numpy as np
 import onnxruntime as ort
 
-from .errors import DeviceError, ModelDirError
+from .errors import DeviceError, InferenceError, ModelDirError
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -104,7 +104,19 @@ class Graph:
     def run(
         self, feeds: Mapping[str, Feed], host_outputs: Sequence[str] = (), device_outputs: Sequence[str] = (),
     ) -> dict[str, Feed]:
-        """Run once; host outputs come back as numpy arrays, device outputs as OrtValues when binding is on."""
+        """Run once; host outputs come back as numpy arrays, device outputs as OrtValues when binding is on.
+
+        Raises:
+          InferenceError: onnxruntime failed (its own exception types share no base class but Exception).
+        """
+        try:
+            return self._run(feeds, host_outputs, device_outputs)
+        except Exception as error:
+            if not type(error).__module__.startswith("onnxruntime"):
+                raise
+            raise InferenceError(f"the {self.name} graph failed: {error}") from error
+
+    def _run(self, feeds: Mapping[str, Feed], host_outputs: Sequence[str], device_outputs: Sequence[str]):
         if self.bind_device is None:
             names = [*host_outputs, *device_outputs]
             return dict(zip(names, self.session.run(names, dict(feeds))))

@@ -21,7 +21,7 @@ from hypothesis.extra import numpy as hnp
 
 import mmer_rt.cli
 from mmer_rt import (
-    AudioError, BatchBudget, MMERError, ModelDirError, Prediction, Recognizer, TextError, Utterance, load_audio,
+    AudioError, BatchBudget, InferenceError, MMERError, ModelDirError, Prediction, Recognizer, TextError, Utterance, load_audio,
 )
 from mmer_rt.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, load_clip, normalize
 from mmer_rt.cli import EXIT_BROKEN_PIPE, EXIT_CRASH, main
@@ -145,6 +145,29 @@ def test_a_bad_item_costs_no_good_one_and_takes_no_batch_place(tiny_model_dir, r
     assert [results[i] for i in (0, 2, 4, 6)] == without
     assert str(results[1]) == "item 1: <9 bytes>: cannot decode audio (Format not recognised.)"
     assert paired.predict_batch([], errors="return") == []
+
+
+def test_an_item_onnxruntime_fails_on_does_not_take_its_batch_mates_down(tiny_model_dir, monkeypatch):
+    batched = Recognizer.from_dir(tiny_model_dir, device="cpu", precision="fp32", batch_budget=BatchBudget(4, None))
+    items = [Utterance(speech_like(n, seed=n), "okay fine", RATE) for n in (3_000, 2_999, 2_998, 2_997)]
+    alone = [batched.predict(item.audio, item.text, item.sample_rate) for item in items]
+    graph = batched._graphs["audio_encoder"]
+    original = graph._run
+
+    def failing_on_2998(feeds, host_outputs, device_outputs):
+        if 2_998 in feeds["sample_mask"].sum(axis=1):  # onnxruntime failing on one input, as out of memory might
+            from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+            raise Fail("[ONNXRuntimeError] : 1 : FAIL : poisoned")
+        return original(feeds, host_outputs, device_outputs)
+
+    monkeypatch.setattr(graph, "_run", failing_on_2998)
+    results = batched.predict_batch(items, errors="return")
+    assert isinstance(results[2], InferenceError)
+    assert str(results[2]) == "item 2: the audio_encoder graph failed: [ONNXRuntimeError] : 1 : FAIL : poisoned"
+    for i in (0, 1, 3):
+        assert results[i].scores == pytest.approx(alone[i].scores, abs=1e-5)
+    with pytest.raises(InferenceError, match="items 0, 1, 2, 3: the audio_encoder graph failed"):
+        batched.predict_batch(items)
 
 
 def test_unknown_error_policy_is_refused(recognizer):
