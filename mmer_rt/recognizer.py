@@ -338,7 +338,11 @@ def _check_manifest(model_dir: Path, manifest: ModelManifest) -> None:
             f"{model_dir}: the model was exported with text cleaning rule {manifest.text_cleaning!r}, but this "
             f"mmer-rt applies {TEXT_CLEANING_RULE!r}; upgrade mmer-rt or re-export the model"
         )
-
+    if _min_audio_samples(manifest) > manifest.max_audio_samples:
+        raise ModelDirError(
+            f"{model_dir / MANIFEST_NAME}: max_audio_samples: {manifest.max_audio_samples} is less than the "
+            f"{_min_audio_samples(manifest)} samples the audio encoder needs (extra.min_audio_samples)"
+        )
 
 
 def _load_tokenizer(model_dir: Path, manifest: ModelManifest) -> TextTokenizer:
@@ -376,7 +380,7 @@ def _probe(model_dir: Path, manifest: ModelManifest, graphs: dict[str, Graph], t
         audio = graphs["audio_encoder"].run({"input_values": values, "sample_mask": sample_mask},
                                             host_outputs=("frame_mask", "ctc_logits"),
                                             device_outputs=("hidden_states",))
-    except Exception as error:  # onnxruntime's own exception types share no base class but Exception
+    except InferenceError as error:
         raise ModelDirError(f"{where}: extra.min_audio_samples: {minimum} samples are below the audio encoder's "
                             f"receptive field: the audio graph fails on them ({error})") from error
     if audio["frame_mask"].sum() < 1:
@@ -396,7 +400,7 @@ def _probe(model_dir: Path, manifest: ModelManifest, graphs: dict[str, Graph], t
             {"hidden_states": audio["hidden_states"], "frame_mask": audio["frame_mask"],
              "token_embeddings": text["token_embeddings"], "attention_mask": encoded.attention_mask},
             host_outputs=("logits",))
-    except Exception as error:
+    except InferenceError as error:
         raise ModelDirError(f"{where}: extra.max_text_tokens: the text or fusion graph fails on a transcript of "
                             f"{encoded.input_ids.shape[1]} tokens; is the value more than the text encoder's "
                             f"positions? ({error})") from error

@@ -14,14 +14,14 @@ import warnings
 
 import numpy as np
 import pytest
-import soundfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import mmer_rt.cli
 from mmer_rt import (
-    AudioError, BatchBudget, InferenceError, MMERError, ModelDirError, Prediction, Recognizer, TextError, Utterance, load_audio,
+    AudioError, BatchBudget, InferenceError, MMERError, ModelDirError, Prediction, Recognizer, TextError, Utterance,
+    load_audio,
 )
 from mmer_rt.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, load_clip, normalize
 from mmer_rt.cli import EXIT_BROKEN_PIPE, EXIT_CRASH, main
