@@ -22,9 +22,10 @@ from .session import DEVICES
 # Files are decoded a chunk at a time so that memory stays bounded however many are named.
 FILES_PER_CHUNK = 64
 
-# Exit statuses. argparse exits with 2 itself; a crash is sysexits.h's EX_SOFTWARE, so that a script can tell a
-# bug in mmer-rt from bad input; a closed pipe (``| head``) is what a shell reports for a process killed by SIGPIPE.
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CRASH, EXIT_BROKEN_PIPE = 0, 1, 2, 70, 141
+# Exit statuses (argparse exits with 2 for bad usage itself). A crash is sysexits.h's EX_SOFTWARE, so that a script
+# can tell a bug in mmer-rt from bad input; a closed pipe (``| head``) is what a shell reports for a process killed
+# by SIGPIPE.
+EXIT_OK, EXIT_ERROR, EXIT_CRASH, EXIT_BROKEN_PIPE = 0, 1, 70, 141
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,7 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        status = args.run(args)
+        sys.stdout.flush()  # here, so that a closed pipe is met inside this try rather than at exit
+        return status
     except MMERError as error:
         print(f"mmer-rt: error: {_printable(str(error))}", file=sys.stderr)
         return EXIT_ERROR
@@ -145,7 +148,10 @@ def _transcripts(args: argparse.Namespace) -> dict[str, str]:
 def _printable(text: str) -> str:
     """A command-line string with the bytes that were not valid UTF-8 (kept by Python as lone surrogates, which
     stdout cannot encode) shown as escapes."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no undecodable byte gives: not from the command line
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _read_tsv(path: Path) -> dict[str, str]:

@@ -328,10 +328,12 @@ def test_cli_crash_has_its_own_status(two_clips, tiny_model_dir, capsys, monkeyp
     assert "Traceback" in err and "mmer-rt: internal error, please report it: RuntimeError: a bug" in err
 
 
-def test_cli_into_a_closed_pipe_exits_quietly(two_clips, tiny_model_dir):
-    # The reader (``| head -1``) is gone before the first line is written.
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_cli_into_a_closed_pipe_exits_quietly(two_clips, tiny_model_dir, unbuffered):
+    # The reader (``| head -1``) is gone before the first line is written, whether stdout is buffered or not.
+    env = {**os.environ, "PYTHONUNBUFFERED": unbuffered}
     process = subprocess.Popen([sys.executable, "-m", "mmer_rt", "predict", *two_clips * 3, "--model",
-                                str(tiny_model_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                str(tiny_model_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                cwd=os.path.dirname(os.path.dirname(mmer_rt.cli.__file__)))
     process.stdout.close()
     err = process.stderr.read().decode()
