@@ -401,8 +401,9 @@ def _probe(model_dir: Path, manifest: ModelManifest, graphs: dict[str, Graph], t
              "token_embeddings": text["token_embeddings"], "attention_mask": encoded.attention_mask},
             host_outputs=("logits",))
     except InferenceError as error:
-        raise ModelDirError(f"{where}: extra.max_text_tokens: the text or fusion graph fails on a transcript of "
-                            f"{encoded.input_ids.shape[1]} tokens; is the value more than the text encoder's "
+        stated = "" if "max_text_tokens" in manifest.extra else f" (not given: {DEFAULT_MAX_TEXT_TOKENS} by default)"
+        raise ModelDirError(f"{where}: extra.max_text_tokens{stated}: the text or fusion graph fails on a transcript "
+                            f"of {encoded.input_ids.shape[1]} tokens; is the value more than the text encoder's "
                             f"positions? ({error})") from error
     width = fusion["logits"].shape[-1]
     if width != len(manifest.labels):

@@ -367,6 +367,8 @@ def edit_manifest(model_dir, change):
     (lambda m: m["extra"].update(max_text_tokens=300), "extra.max_text_tokens: the text or fusion graph fails on "
                                                        "a transcript of 300 tokens"),
     (lambda m: m["extra"].update(max_text_tokens=2), "extra.max_text_tokens: 2 leaves no room for a word"),
+    (lambda m: m["extra"].pop("max_text_tokens"), "extra.max_text_tokens \\(not given: 512 by default\\): .* 512 "
+                                                  "tokens"),
     (lambda m: m.update(sample_rate=8000), "sample_rate: 8000 Hz, but the graphs of this format take 16000 Hz"),
 ])
 def test_a_manifest_that_disagrees_with_its_graphs_is_refused(model_copy, change, message):
