@@ -24,7 +24,7 @@ from mmer_rt.audio import SAMPLE_RATE
 from mmer_rt.modeldir import (
     GRAPH_NAMES, PRECISIONS, TOKENIZER_NAME, GraphEntry, ModelManifest, VariantEntry, sha256_file,
 )
-from mmer_rt.text import CTC_VOCAB, TEXT_CLEANING_RULE
+from mmer_rt.text import TEXT_CLEANING_RULE
 from training.model import MMER
 
 from . import graphs, parity, precision
@@ -225,7 +225,7 @@ def _manifest(model: MMER, variants: dict[str, VariantEntry], fused: dict, probe
         labels=list(model.config.labels),
         sample_rate=SAMPLE_RATE,
         max_audio_samples=model.config.max_audio_samples,
-        ctc_vocab=list(CTC_VOCAB),
+        ctc_vocab=list(model.config.ctc_vocab),  # the checkpoint's own order
         text_cleaning=TEXT_CLEANING_RULE,
         tokenizer=TOKENIZER_NAME,
         variants=variants,

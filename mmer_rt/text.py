@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,15 +12,17 @@ import numpy as np
 
 from .errors import TextError
 
-# The character vocabulary of the wav2vec2 CTC tokenizer: blank/pad is 0, "|" delimits words.
+# The character vocabulary of the wav2vec2 CTC tokenizer (facebook/wav2vec2-base's vocab.json), in its own id
+# order, which the authors' released CTC head uses: blank/pad is 0, "|" delimits words, K is 26 and the
+# apostrophe 27. Trained models and model directories record the vocabulary they were made with, so this default
+# only applies to new ones.
 CTC_VOCAB: tuple[str, ...] = (
     "<pad>", "<s>", "</s>", "<unk>", "|",
     "E", "T", "A", "O", "N", "I", "H", "S", "R", "D", "L", "U", "M", "W", "C",
-    "F", "G", "Y", "P", "B", "V", "'", "K", "X", "J", "Q", "Z",
+    "F", "G", "Y", "P", "B", "V", "K", "'", "X", "J", "Q", "Z",
 )
 CTC_BLANK = 0
 CTC_WORD_DELIMITER = "|"
-_CTC_INDEX = {symbol: i for i, symbol in enumerate(CTC_VOCAB)}
 
 # The text-cleaning rule, recorded by name in every model directory so that a reader can refuse one it lacks.
 TEXT_CLEANING_RULE = "strip-bracketed-spans+collapse-whitespace/v1"
@@ -34,18 +37,28 @@ def clean_transcript(text: str) -> str:
     return _WHITESPACE.sub(" ", _BRACKETED.sub(" ", text)).strip()
 
 
-def ctc_targets(text: str) -> list[int]:
-    """CTC label ids for a transcript: upper-cased, words joined by "|", characters outside the vocabulary dropped."""
+def ctc_targets(text: str, vocab: Sequence[str] = CTC_VOCAB) -> list[int]:
+    """CTC label ids in ``vocab`` for a transcript: upper-cased, words joined by "|", characters outside the
+    vocabulary dropped."""
+    index = _ctc_index(tuple(vocab))
     words = clean_transcript(text).upper().split(" ")
     ids: list[int] = []
     for word in words:
-        chars = [_CTC_INDEX[c] for c in word if c in _CTC_INDEX and len(c) == 1 and c != CTC_WORD_DELIMITER]
+        chars = [index[c] for c in word if c in index and len(c) == 1 and c != CTC_WORD_DELIMITER]
         if not chars:
             continue
         if ids:
-            ids.append(_CTC_INDEX[CTC_WORD_DELIMITER])
+            ids.append(index[CTC_WORD_DELIMITER])
         ids.extend(chars)
     return ids
+
+
+@functools.lru_cache(maxsize=8)
+def _ctc_index(vocab: tuple[str, ...]) -> dict[str, int]:
+    if CTC_WORD_DELIMITER not in vocab or vocab[CTC_BLANK] != "<pad>":
+        raise TextError(f"a CTC vocabulary needs <pad> (the blank) at {CTC_BLANK} and the word delimiter "
+                        f"{CTC_WORD_DELIMITER!r}; got {list(vocab)[:6]}...")
+    return {symbol: i for i, symbol in enumerate(vocab)}
 
 
 def ctc_greedy_decode(logits: np.ndarray, num_frames: int | None = None, vocab: Sequence[str] = CTC_VOCAB) -> str:

@@ -28,8 +28,46 @@ def tokenizer_file(tmp_path_factory):
     return path
 
 
-def test_vocabulary_matches_the_wav2vec2_ctc_tokenizer():
+# facebook/wav2vec2-base's vocab.json (the authors' CTC head's vocabulary), written out here: no hub in tests.
+WAV2VEC2_VOCAB_JSON = {
+    "<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "E": 5, "T": 6, "A": 7, "O": 8, "N": 9, "I": 10, "H": 11,
+    "S": 12, "R": 13, "D": 14, "L": 15, "U": 16, "M": 17, "W": 18, "C": 19, "F": 20, "G": 21, "Y": 22, "P": 23,
+    "B": 24, "V": 25, "K": 26, "'": 27, "X": 28, "J": 29, "Q": 30, "Z": 31,
+}
+
+
+@pytest.fixture(scope="module")
+def wav2vec2_ctc_tokenizer(tmp_path_factory):
+    import json
+
+    from transformers import Wav2Vec2CTCTokenizer
+
+    path = tmp_path_factory.mktemp("w2v2") / "vocab.json"
+    path.write_text(json.dumps(WAV2VEC2_VOCAB_JSON))
+    return Wav2Vec2CTCTokenizer(str(path), do_lower_case=False, word_delimiter_token="|")
+
+
+def test_vocabulary_is_the_wav2vec2_ctc_tokenizers_in_its_order(wav2vec2_ctc_tokenizer):
     assert len(CTC_VOCAB) == 32 and CTC_VOCAB[CTC_BLANK] == "<pad>" and CTC_VOCAB[4] == "|"
+    assert list(CTC_VOCAB) == wav2vec2_ctc_tokenizer.convert_ids_to_tokens(list(range(32)))
+    assert CTC_VOCAB.index("K") == 26 and CTC_VOCAB.index("'") == 27
+
+
+@pytest.mark.parametrize("text", ["DON'T STOP ME NOW", "KEEP IT QUIET, JACK!", "okay [LAUGHTER] fine"])
+def test_ctc_targets_are_the_wav2vec2_tokenizers_ids(wav2vec2_ctc_tokenizer, text):
+    # The authors made their CTC labels with this tokenizer on the upper-cased text, characters outside it removed.
+    upper = clean_transcript(text).upper()
+    kept = "".join(c for c in upper if c == " " or c in WAV2VEC2_VOCAB_JSON)
+    assert ctc_targets(text) == wav2vec2_ctc_tokenizer(" ".join(kept.split())).input_ids
+
+
+def test_ctc_targets_in_a_given_vocabulary():
+    legacy = list(CTC_VOCAB)
+    legacy[26], legacy[27] = legacy[27], legacy[26]
+    assert ctc_targets("OK'") == [IDS["O"], IDS["K"], IDS["'"]] == [8, 26, 27]
+    assert ctc_targets("OK'", legacy) == [8, 27, 26]
+    with pytest.raises(TextError, match="needs <pad>"):
+        ctc_targets("ok", ["a", "b"])
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,13 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
 _HEADER_KEYS = ("format", "format_version", "extra")
+# The CTC vocabulary order of checkpoints written before the config recorded one: wav2vec2's order with K and the
+# apostrophe swapped (26 and 27). Their CTC heads were trained on it, so they keep it when read and exported.
+LEGACY_CTC_VOCAB = (
+    "<pad>", "<s>", "</s>", "<unk>", "|",
+    "E", "T", "A", "O", "N", "I", "H", "S", "R", "D", "L", "U", "M", "W", "C",
+    "F", "G", "Y", "P", "B", "V", "'", "K", "X", "J", "Q", "Z",
+)
 
 
 class CheckpointError(MMERError):
@@ -109,8 +116,11 @@ def _read_header(directory: Path) -> dict:
 
 def _read_config(directory: Path) -> MMERConfig:
     raw = _read_header(directory)
+    fields = {k: v for k, v in raw.items() if k not in _HEADER_KEYS}
+    if "ctc_vocab" not in fields and fields.get("ctc_vocab_size", len(LEGACY_CTC_VOCAB)) == len(LEGACY_CTC_VOCAB):
+        fields["ctc_vocab"] = list(LEGACY_CTC_VOCAB)
     try:
-        return MMERConfig.from_dict({k: v for k, v in raw.items() if k not in _HEADER_KEYS})
+        return MMERConfig.from_dict(fields)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"{directory / CONFIG_NAME}: invalid model config ({error})") from error
 

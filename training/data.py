@@ -16,7 +16,7 @@ import torch
 from mmer_rt.audio import SAMPLE_RATE, load_audio, pad_batch
 from mmer_rt.corpus import Utterance
 from mmer_rt.errors import CorpusError, ManifestError
-from mmer_rt.text import TextTokenizer, clean_transcript, ctc_targets
+from mmer_rt.text import CTC_VOCAB, TextTokenizer, clean_transcript, ctc_targets
 
 from .augment import Augmenter
 
@@ -107,8 +107,9 @@ class UtteranceDataset(torch.utils.data.Dataset):
 class Collator:
     """Stacks dataset items into the model's batch: padded normalised audio, token ids, labels and CTC targets."""
 
-    def __init__(self, tokenizer: TextTokenizer):
+    def __init__(self, tokenizer: TextTokenizer, ctc_vocab: Sequence[str] = CTC_VOCAB):
         self.tokenizer = tokenizer
+        self.ctc_vocab = tuple(ctc_vocab)  # the model's own: a resumed older checkpoint keeps its order
 
     def __call__(self, items: Sequence[dict]) -> dict:
         """Returns input_values (B, N) f32, sample_mask (B, N) i64, input_ids and attention_mask (B, M) i64,
@@ -116,7 +117,8 @@ class Collator:
         aug_attention_mask when the items carry an augmented view."""
         batch = self._views(items, "waveform", "text", prefix="")
         batch["labels"] = torch.tensor([item["label"] for item in items], dtype=torch.long)
-        batch["ctc_targets"] = [torch.tensor(ctc_targets(item["text"]), dtype=torch.long) for item in items]
+        batch["ctc_targets"] = [torch.tensor(ctc_targets(item["text"], self.ctc_vocab), dtype=torch.long)
+                               for item in items]
         with_aug = sum("aug_waveform" in item for item in items)
         if with_aug not in (0, len(items)):
             raise ValueError(f"{with_aug} of {len(items)} items carry an augmented view; a batch needs all or none")

@@ -37,7 +37,7 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, sessions=(
     torch_device = choose_device(device)
     model.to(torch_device)
     with torch.no_grad():
-        y_true, probabilities = predict(model, utterances, labels, Collator(TextTokenizer(tokenizer_path)),
+        y_true, probabilities = predict(model, utterances, labels, Collator(TextTokenizer(tokenizer_path), model.config.ctc_vocab),
                                         model.config.max_audio_samples, batch_size, torch_device, "evaluate")
     return score(y_true, probabilities.argmax(-1), labels)
 

@@ -47,6 +47,9 @@ class MMERConfig:
     fusion_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
     ctc_vocab_size: int = len(CTC_VOCAB)
+    # The CTC head's symbols in logit order; the export writes them into the model directory. Checkpoints written
+    # before this field existed used another order, which ``checkpoint.py`` fills in when reading them.
+    ctc_vocab: list[str] = dataclasses.field(default_factory=lambda: list(CTC_VOCAB))
     ctc_dropout: float = 0.1
     freeze_feature_encoder: bool = True
     freeze_text_encoder: bool = True
@@ -62,6 +65,10 @@ class MMERConfig:
             )
         if "model_type" not in self.text:
             raise ValueError("MMERConfig.text needs a 'model_type' (for example 'roberta' or 'bert')")
+        self.ctc_vocab = list(self.ctc_vocab)
+        if len(self.ctc_vocab) != self.ctc_vocab_size:
+            raise ValueError(f"MMERConfig.ctc_vocab has {len(self.ctc_vocab)} symbols but ctc_vocab_size is "
+                             f"{self.ctc_vocab_size}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -189,7 +189,7 @@ class Trainer:
         self.max_samples = int(round(config.max_audio_seconds * 16_000))
         self.model, tokenizer_path = self._model()
         self.tokenizer_path = tokenizer_path
-        self.collate = Collator(TextTokenizer(tokenizer_path))
+        self.collate = Collator(TextTokenizer(tokenizer_path), self.model.config.ctc_vocab)
         self.train_set = UtteranceDataset(self.split["train"], self.labels, self.max_samples, config.augment,
                                           config.seed)
         self.use_acl = self.train_set.has_augmented_view
