@@ -44,6 +44,20 @@ def test_config_json_is_tagged_and_keeps_extra(saved):
     assert checkpoint_extra(saved) == {"epoch": 3}
 
 
+def test_config_records_the_ctc_vocabulary_and_older_ones_read_as_the_legacy_order(saved):
+    from mmer_rt.text import CTC_VOCAB
+    from training.checkpoint import LEGACY_CTC_VOCAB
+
+    raw = json.loads((saved / "config.json").read_text())
+    assert raw["ctc_vocab"] == list(CTC_VOCAB)
+    assert load_checkpoint(saved)[0].config.ctc_vocab == list(CTC_VOCAB)
+    del raw["ctc_vocab"]  # a checkpoint written before the field existed was trained on the legacy order
+    (saved / "config.json").write_text(json.dumps(raw))
+    assert load_checkpoint(saved)[0].config.ctc_vocab == list(LEGACY_CTC_VOCAB)
+    assert [LEGACY_CTC_VOCAB[26], LEGACY_CTC_VOCAB[27]] == [CTC_VOCAB[27], CTC_VOCAB[26]]
+    assert sorted(LEGACY_CTC_VOCAB) == sorted(CTC_VOCAB) and LEGACY_CTC_VOCAB[:26] == CTC_VOCAB[:26]
+
+
 def test_pretrained_names_are_not_read_when_loading(saved):
     raw = json.loads((saved / "config.json").read_text())
     raw["audio_pretrained"] = raw["text_pretrained"] = "/nonexistent/encoder"

@@ -347,7 +347,7 @@ def test_exported_and_recognised_as_the_authors_compute(model_dir, authors_state
     recognizer = Recognizer.from_dir(model_dir, device="cpu", precision=precision)
     texts = ["That is the best news I have heard all year.", "Why would anyone say something so cruel"]
     waves, batch = _batch(model_dir / "tokenizer.json", (2000, 1400), texts, seed=5)
-    predictions = recognizer.predict_batch(list(zip(waves, texts)))
+    predictions = recognizer.predict_batch(list(zip(waves, texts)), sample_rate=16_000)
     text_model = _text_model(roberta_dir)
     tokenizer = TextTokenizer(model_dir / "tokenizer.json")
     for wave, text, prediction in zip(waves, texts, predictions):
@@ -546,10 +546,14 @@ def test_errors_are_mmer_errors_and_the_command_says_error(tmp_path, capsys):
 
 
 # ----- the README's commands --------------------------------------------------------------------------------------
-def _readme_commands() -> list[list[str]]:
+def _readme_section() -> str:
     text = README.read_text(encoding="utf-8")
-    section = text.split("## Using the authors' released checkpoints", 1)[1].split("\n## ", 1)[0]
-    return [shlex.split(line.strip()) for line in section.splitlines() if line.strip().startswith("python -m ")]
+    return text.split("## Using the authors' released checkpoints", 1)[1].split("\n## ", 1)[0]
+
+
+def _readme_commands() -> list[list[str]]:
+    return [shlex.split(line.strip()) for line in _readme_section().splitlines()
+            if line.strip().startswith("python -m ")]
 
 
 @pytest.mark.slow
@@ -565,7 +569,10 @@ def test_readme_commands_run_as_written(tmp_path, monkeypatch, authors_state, ro
     commands = _readme_commands()
     assert [c[:3] for c in commands] == [["python", "-m", "training.import_official"],
                                          ["python", "-m", "export.to_onnx"]]
-    save_authors_file(tmp_path / "IEMOCAP_fold1.pt", authors_state, prefix="module.")
+    # The one placeholder, as the section declares it.
+    placeholder = re.search(r"`(\S+\.pt)` stands for the file you downloaded", _readme_section()).group(1)
+    assert placeholder in commands[0]
+    save_authors_file(tmp_path / placeholder, authors_state, prefix="module.")
     monkeypatch.setattr(importer, "released_architecture", lambda: TINY)
     monkeypatch.chdir(tmp_path)
     mains = {"training.import_official": importer.main, "export.to_onnx": to_onnx.main}
@@ -575,6 +582,47 @@ def test_readme_commands_run_as_written(tmp_path, monkeypatch, authors_state, ro
     model_dir = Path(commands[1][commands[1].index("--out") + 1])
     assert (tmp_path / model_dir / "mmer.json").is_file() and not os.path.isabs(model_dir)
     prediction = Recognizer.from_dir(tmp_path / model_dir, device="cpu").predict(
-        np.random.default_rng(0).standard_normal(4000).astype(np.float32), text="I can't believe you did that!")
+        np.random.default_rng(0).standard_normal(4000).astype(np.float32), sample_rate=16_000, text="I can't believe you did that!")
     assert prediction.label in ("happy", "angry", "neutral", "sad")
-    assert re.search(r"IEMOCAP_fold1\.pt", " ".join(commands[0]))
+
+
+# ----- the CTC vocabulary's order: new models get wav2vec2's, older checkpoints and model directories keep theirs ----
+@pytest.mark.slow
+def test_an_older_checkpoint_keeps_its_ctc_order_through_export_and_decoding(tmp_path, tiny_tokenizer_path):
+    """A checkpoint written before configs recorded the vocabulary was trained on the legacy order (K and the
+    apostrophe swapped); it is exported with that order, and a model directory decodes with the order it records."""
+    import dataclasses
+    import json
+    import shutil
+
+    from export.to_onnx import export_model_dir
+    from mmer_rt import Recognizer
+    from mmer_rt.modeldir import ModelManifest
+    from mmer_rt.text import CTC_VOCAB
+    from training.checkpoint import LEGACY_CTC_VOCAB, save_checkpoint
+
+    torch.manual_seed(0)
+    model = MMER.from_config(dataclasses.replace(tiny_config(), max_audio_samples=16_000)).eval()
+    with torch.no_grad():  # a CTC head that emits symbol 26 on every frame
+        model.ctc_head.weight.zero_()
+        model.ctc_head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(26), 32) * 10.0)
+    checkpoint = save_checkpoint(model, tmp_path / "old", tiny_tokenizer_path)
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["ctc_vocab"] == list(CTC_VOCAB) and CTC_VOCAB[26] == "K"
+    del config["ctc_vocab"]  # as written before the field existed
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    assert load_checkpoint(checkpoint)[0].config.ctc_vocab == list(LEGACY_CTC_VOCAB)
+
+    old_dir = tmp_path / "old-model"
+    export_model_dir(checkpoint, old_dir, precisions=["fp32"], log=lambda message: None)
+    assert ModelManifest.read(old_dir).ctc_vocab == list(LEGACY_CTC_VOCAB)
+    new_dir = tmp_path / "new-model"
+    shutil.copytree(old_dir, new_dir)
+    manifest = json.loads((new_dir / "mmer.json").read_text())
+    manifest["ctc_vocab"] = list(CTC_VOCAB)
+    (new_dir / "mmer.json").write_text(json.dumps(manifest))
+
+    audio = np.random.default_rng(0).standard_normal(3000).astype(np.float32)
+    transcripts = {name: Recognizer.from_dir(folder, device="cpu").predict(audio, sample_rate=16_000).transcript
+                   for name, folder in (("old", old_dir), ("new", new_dir))}
+    assert transcripts == {"old": "'", "new": "K"}
