@@ -406,6 +406,40 @@ def test_the_released_format_maps_onto_the_base_model(tmp_path, released_target,
         assert by_value[float(state[theirs].reshape(-1)[0])] == ours
 
 
+@pytest.mark.slow
+def test_the_command_imports_a_released_size_file(tmp_path, tiny_tokenizer_path):
+    """The command as a user runs it (the released architecture, no reduction) on a file of the doc's exact keys and
+    shapes saved from DataParallel with newer torch's weight-norm names; the checkpoint holds the base model
+    (about 13 s and 1 GB here; the text encoder is a one-layer 768-wide RoBERTa standing in for roberta-base)."""
+    import json
+
+    from safetensors import safe_open
+
+    state = _cheap_released_state()
+    source = save_authors_file(tmp_path / "released.pt", state, "module.", "parametrizations")
+    roberta = write_roberta_dir(tmp_path / "roberta768", tiny_tokenizer_path, 768, 1, 12)
+    assert importer.main([str(source), "--text-pretrained", str(roberta), "--out", str(tmp_path / "ckpt")]) == 0
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert config["audio"]["hidden_size"] == 768 and config["audio"]["num_hidden_layers"] == 12
+    assert config["audio"]["conv_kernel"] == [10, 3, 3, 3, 3, 2, 2] and config["audio"]["conv_stride"] == [5, 2, 2, 2,
+                                                                                                          2, 2, 2]
+    assert config["fusion_heads"] == 12 and config["fusion_ffn"] == 3072 and config["max_audio_samples"] == 210_000
+    assert config["labels"] == ["happy", "angry", "neutral", "sad"] and config["ctc_vocab"][26:28] == ["K", "'"]
+    with safe_open(str(tmp_path / "ckpt" / "model.safetensors"), "pt") as weights:
+        assert len([k for k in weights.keys() if not k.startswith("text_encoder.")]) == 294
+        for theirs, ours in [
+            ("model_mmi.wav2vec2.encoder.layers.11.feed_forward.output_dense.weight",
+             "audio_encoder.wav2vec2.encoder.layers.11.feed_forward.output_dense.weight"),
+            ("model_mmi.wav2vec2.encoder.pos_conv_embed.conv.weight_v",
+             "audio_encoder.wav2vec2.encoder.pos_conv_embed.conv.parametrizations.weight.original1"),
+            ("model_mmi.self_attention_v2.layer.0.attention.output.LayerNorm.weight",
+             "fusion.text_self_attention.attention_norm.weight"),
+            ("model_mmi.ctc_linear.weight", "ctc_head.weight"),
+            ("augment_linear_change.0.bias", "acl_head.0.bias"),
+        ]:
+            assert torch.equal(weights.get_tensor(ours), state[theirs]), ours
+
+
 def test_released_format_refuses_a_changed_head(tmp_path, released_target):
     state = _cheap_released_state()
     state["model_mmi.classifier.linear3.weight"] = torch.zeros(6, 1536)
