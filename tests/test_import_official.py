@@ -340,7 +340,7 @@ def model_dir(imported) -> Path:
 def test_exported_and_recognised_as_the_authors_compute(model_dir, authors_state, roberta_dir, precision, tolerance):
     from mmer_rt import Recognizer
     from mmer_rt.modeldir import ModelManifest
-    from mmer_rt.text import TextTokenizer
+    from mmer_rt.text import TextTokenizer, ctc_greedy_decode
 
     manifest = ModelManifest.read(model_dir)
     assert manifest.ctc_vocab[26:28] == ["K", "'"] and manifest.labels == ["happy", "angry", "neutral", "sad"]
@@ -358,6 +358,11 @@ def test_exported_and_recognised_as_the_authors_compute(model_dir, authors_state
         assert max(abs(prediction.scores[k] - expected[k]) for k in expected) <= tolerance
         if precision == "fp32":
             assert prediction.label == max(expected, key=expected.get)
+            # Without a transcript: the authors' CTC head read in wav2vec2's vocab.json order.
+            vocab = sorted(WAV2VEC2_VOCAB_JSON, key=WAV2VEC2_VOCAB_JSON.get)
+            transcript = ctc_greedy_decode(theirs["ctc"][0].numpy(), vocab=vocab)
+            assert len(transcript) > 3
+            assert recognizer.predict(wave, sample_rate=16_000).transcript == transcript
 
 
 # ----- the released size: the exact format ----------------------------------------------------------------------

@@ -88,14 +88,15 @@ class OfficialArchitecture:
     """The network an authors' file holds weights for: wav2vec2-base, BERT-style fusion layers of 12 heads and
     FFN 3072, 4 IEMOCAP classes, wav2vec2's 32-symbol CTC vocabulary, audio cut at 210,000 samples.
 
-    ``RELEASED`` is the only one the authors trained; tests build files of the same layout at a reduced size.
+    ``released_architecture()`` is the only one the authors trained; tests build files of the same layout at a
+    reduced width.
     """
 
     audio: dict  # a Wav2Vec2Config dict; the fusion width is its hidden size (768 for the released files)
     fusion_heads: int = 12
     fusion_ffn: int = 3072
     labels: tuple[str, ...] = IEMOCAP_LABELS  # the released heads' logit order
-    ctc_vocab: tuple[str, ...] = CTC_VOCAB
+    ctc_vocab: tuple[str, ...] = CTC_VOCAB  # wav2vec2-base's vocab.json order (tests/test_text.py checks CTC_VOCAB)
     max_audio_samples: int = 210_000
     layer_norm_eps: float = 1e-12
 
@@ -120,11 +121,6 @@ def released_architecture() -> OfficialArchitecture:
 def official_name(project_name: str) -> str | None:
     """The authors' name of a project tensor, or None for one their file does not hold (the text encoder)."""
     return _rename(project_name, [(ours, theirs) for theirs, ours in _RULES])
-
-
-def project_name(official: str) -> str | None:
-    """The project's name of a tensor of the authors' file, or None when no rule maps it."""
-    return _rename(official, _RULES)
 
 
 def _rename(name: str, rules: Sequence[tuple[str, str]]) -> str | None:
@@ -220,7 +216,7 @@ def map_official(state: Mapping, expected: Mapping[str, tuple], source: str | Pa
     for name, shape in expected.items():
         theirs = official_name(name)
         if theirs is None:
-            raise OfficialCheckpointError(f"internal: no rule names the project tensor {name} in the authors' file")
+            raise RuntimeError(f"no rule names the project tensor {name} in the authors' file")  # a bug here
         wanted[theirs] = (name, tuple(shape))
     present = {k: v for k, v in state.items() if k not in NOT_COMPUTED}
     unknown = sorted(set(present) - set(wanted))
@@ -257,8 +253,6 @@ def import_official(
     ``map_official``), and for a text encoder that cannot be loaded or has another width, or an ``out_dir`` that
     is a non-empty directory without ``force``.
     """
-    import torch
-
     from mmer_rt.modeldir import sha256_file
 
     from .checkpoint import save_checkpoint
@@ -272,26 +266,27 @@ def import_official(
     log(f"reading {path}")
     official = read_official(path)
     text_config = _text_config(text_pretrained, architecture.width)
-    log(f"building the model with the text encoder {text_pretrained}")
-    torch.manual_seed(0)  # every tensor outside the text encoder is replaced below; seeded all the same
-    model = MMER.from_config(architecture.model_config(text_config, str(text_pretrained)), load_pretrained=True)
-    target = {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(_FROM_TEXT_PRETRAINED)}
-    mapped = map_official(official, target, path)
-    missing, unexpected = model.load_state_dict(mapped, strict=False)
-    left = [k for k in missing if not k.startswith(_FROM_TEXT_PRETRAINED)]
-    if left or unexpected:  # map_official covered ``target`` exactly; this only guards that invariant
-        raise OfficialCheckpointError(f"internal: tensors left unset {left[:5]}, unexpected {unexpected[:5]}")
-    skipped = sorted(k for k in official if k in NOT_COMPUTED)
-    extra = {"imported_from": {
-        "file": Path(path).name, "sha256": sha256_file(path), "text_pretrained": str(text_pretrained),
-        "tensors": len(mapped), "skipped_not_computed": skipped,
-    }}
     with tempfile.TemporaryDirectory() as scratch:
-        try:
+        try:  # before the model is built: a text encoder without a fast tokenizer fails in seconds, not minutes
             tokenizer = tokenizer_from_pretrained(text_pretrained, Path(scratch) / "tokenizer.json")
         except (OSError, ValueError) as error:
             raise OfficialCheckpointError(f"--text-pretrained {text_pretrained}: cannot save its tokenizer "
                                           f"({str(error).splitlines()[0]})") from None
+        log(f"building the model with the text encoder {text_pretrained}")
+        # Built with random weights where the file's go: every one of them is replaced below.
+        model = MMER.from_config(architecture.model_config(text_config, str(text_pretrained)), load_pretrained=True)
+        target = {k: tuple(v.shape) for k, v in model.state_dict().items()
+                  if not k.startswith(_FROM_TEXT_PRETRAINED)}
+        mapped = map_official(official, target, path)
+        missing, unexpected = model.load_state_dict(mapped, strict=False)
+        left = [k for k in missing if not k.startswith(_FROM_TEXT_PRETRAINED)]
+        if left or unexpected:  # map_official covered ``target`` exactly: this would be a bug here
+            raise RuntimeError(f"tensors left unset {left[:5]}, unexpected {unexpected[:5]}")
+        skipped = sorted(k for k in official if k in NOT_COMPUTED)
+        extra = {"imported_from": {
+            "file": Path(path).name, "sha256": sha256_file(path), "text_pretrained": str(text_pretrained),
+            "tensors": len(mapped), "skipped_not_computed": skipped,
+        }}
         written = save_checkpoint(model.eval(), out_dir, tokenizer, extra=extra)
     log(f"mapped {len(mapped)} tensors ({sum(t.numel() for t in mapped.values()):,} values), skipped "
         f"{len(skipped)} never computed ({', '.join(skipped) or 'none'}); wrote {written}")
