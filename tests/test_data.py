@@ -101,6 +101,16 @@ def test_collate_builds_the_model_batch(utterances, tokenizer):
     assert not any(key.startswith("aug_") for key in batch)
 
 
+def test_collate_writes_ctc_targets_in_the_models_vocabulary(utterances, tokenizer):
+    from training.checkpoint import LEGACY_CTC_VOCAB
+
+    item = dict(UtteranceDataset(utterances[:1], LABELS)[0], text="ok, don't")
+    new = Collator(tokenizer)([item])["ctc_targets"][0].tolist()
+    old = Collator(tokenizer, LEGACY_CTC_VOCAB)([item])["ctc_targets"][0].tolist()
+    assert new == ctc_targets("ok, don't") and old == ctc_targets("ok, don't", LEGACY_CTC_VOCAB)
+    assert new[1] == 26 and old[1] == 27 and new[6] == 27 and old[6] == 26  # K and the apostrophe swap places
+
+
 def test_collate_adds_augmented_view(utterances, tokenizer):
     dataset = UtteranceDataset(utterances, LABELS)
     batch = Collator(tokenizer)([dataset[2], dataset[0]])
