@@ -257,7 +257,8 @@ def _batch(tokenizer_path, lengths, texts, seed=0):
     values, mask = pad_batch(waves)
     encoded = TextTokenizer(tokenizer_path).encode_batch(texts)
     batch = {"input_values": torch.from_numpy(values), "sample_mask": torch.from_numpy(mask),
-             "input_ids": torch.from_numpy(encoded.input_ids), "attention_mask": torch.from_numpy(encoded.attention_mask)}
+             "input_ids": torch.from_numpy(encoded.input_ids),
+             "attention_mask": torch.from_numpy(encoded.attention_mask)}
     return waves, batch
 
 
@@ -401,7 +402,8 @@ def test_the_released_format_maps_onto_the_base_model(tmp_path, released_target,
         ("model_mmi.vismap2text_v2.weight", "fusion.audio_to_text_queries.weight"),
         ("model_mmi.txt2img_attention.layer.0.attention.self.key.weight", "fusion.text_attends_audio.key.weight"),
         ("model_mmi.img2txt_attention.layer.0.attention.self.query.weight", "fusion.audio_attends_text.query.weight"),
-        ("model_mmi.txt2txt_attention.layer.0.output.LayerNorm.bias", "fusion.text_attends_fused_audio.output_norm.bias"),
+        ("model_mmi.txt2txt_attention.layer.0.output.LayerNorm.bias",
+         "fusion.text_attends_fused_audio.output_norm.bias"),
         ("model_mmi.downsample_final.bias", "fusion.text_pool_projection.bias"),
         ("model_mmi.classifier.linear3.weight", "fusion.classifier.weight"),
         ("model_mmi.wav2vec2.encoder.pos_conv_embed.conv.weight_g",
@@ -450,7 +452,8 @@ def test_released_format_refuses_a_changed_head(tmp_path, released_target):
     state["model_mmi.classifier.linear3.weight"] = torch.zeros(6, 1536)
     source = save_authors_file(tmp_path / "six.pt", state)
     with pytest.raises(OfficialCheckpointError,
-                       match=r"wrong shapes \(1\): model_mmi.classifier.linear3.weight \(6, 1536\), expected \(4, 1536\)"):
+                       match=r"wrong shapes \(1\): model_mmi.classifier.linear3.weight \(6, 1536\), "
+                             r"expected \(4, 1536\)"):
         map_official(read_official(source), released_target, source)
 
 
@@ -507,7 +510,8 @@ def test_foreign_files(tmp_path, authors_state, roberta_dir):
     bare = tmp_path / "bare.pt"
     torch.save(dict(authors_state), bare)  # a state dict without the {'state_dict': ...} wrapper
     with pytest.raises(OfficialCheckpointError, match=r"bare.pt: not an MMER authors' checkpoint: it holds "
-                                                      rf"a dict of {len(authors_state)} entries \(augment_linear_change.0.bias, "):
+                                                      rf"a dict of {len(authors_state)} entries "
+                                                      r"\(augment_linear_change.0.bias, "):
         read_official(bare)
     tensors = tmp_path / "model.safetensors"
     save_file({"weight": torch.zeros(2)}, str(tensors))
@@ -523,8 +527,8 @@ def test_foreign_files(tmp_path, authors_state, roberta_dir):
         read_official(ints)
     # Another network's weights in the authors' wrapper: wav2vec2 fine-tuned for CTC, say.
     other = tmp_path / "other.pt"
-    torch.save({"state_dict": {"wav2vec2.encoder.layer_norm.weight": torch.ones(32), "lm_head.weight": torch.ones(4, 32)}},
-               other)
+    torch.save({"state_dict": {"wav2vec2.encoder.layer_norm.weight": torch.ones(32),
+                               "lm_head.weight": torch.ones(4, 32)}}, other)
     with pytest.raises(OfficialCheckpointError, match=r"unknown tensors \(2\): lm_head.weight, wav2vec2.encoder"
                                                       r".*missing tensors \(\d+\): augment_linear_change.0.bias"):
         import_official(other, str(roberta_dir), tmp_path / "out", architecture=TINY, log=lambda m: None)
@@ -621,7 +625,8 @@ def test_readme_commands_run_as_written(tmp_path, monkeypatch, authors_state, ro
     model_dir = Path(commands[1][commands[1].index("--out") + 1])
     assert (tmp_path / model_dir / "mmer.json").is_file() and not os.path.isabs(model_dir)
     prediction = Recognizer.from_dir(tmp_path / model_dir, device="cpu").predict(
-        np.random.default_rng(0).standard_normal(4000).astype(np.float32), sample_rate=16_000, text="I can't believe you did that!")
+        np.random.default_rng(0).standard_normal(4000).astype(np.float32), sample_rate=16_000,
+        text="I can't believe you did that!")
     assert prediction.label in ("happy", "angry", "neutral", "sad")
 
 

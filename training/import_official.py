@@ -30,7 +30,7 @@ from .model import IEMOCAP_LABELS, MMER, MMERConfig, base_config
 # Tensors of the authors' file that take no part in their forward pass, with the reason; skipped when present.
 NOT_COMPUTED = {
     "model_mmi.weights": "MMI_Model.weights, the layer weights of _weighted_sum, which the forward pass never calls",
-    "model_mmi.wav2vec2.masked_spec_embed": "SpecAugment's mask embedding; the model runs with apply_spec_augment=False",
+    "model_mmi.wav2vec2.masked_spec_embed": "SpecAugment's mask embedding; SpecAugment is off in the authors' model",
 }
 _DATA_PARALLEL_PREFIX = "module."  # DataParallel / DistributedDataParallel wrappers prefix every key with it
 _POS_CONV = "model_mmi.wav2vec2.encoder.pos_conv_embed.conv."
