@@ -22,6 +22,7 @@ def _entry_points() -> dict:
     import export.to_onnx
     import mmer_rt.cli
     import training.evaluate
+    import training.import_official
     import training.loso
     import training.train
 
@@ -30,12 +31,13 @@ def _entry_points() -> dict:
         "python -m training.evaluate": training.evaluate.main,
         "python -m training.loso": training.loso.run_folds,
         "python -m export.to_onnx": export.to_onnx.main,
+        "python -m training.import_official": training.import_official.main,
         "mmer-rt": mmer_rt.cli.main,
     }
 
 
 COMMANDS = ("python -m training.train", "python -m training.evaluate", "python -m training.loso",
-            "python -m export.to_onnx", "mmer-rt")
+            "python -m export.to_onnx", "python -m training.import_official", "mmer-rt")
 
 
 def parser_of(command: str, monkeypatch) -> argparse.ArgumentParser:
