@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import os
 import sys
@@ -19,6 +20,8 @@ from .modeldir import PRECISIONS, ModelManifest
 from .recognizer import LONG_AUDIO_POLICIES, Prediction, Recognizer, Utterance
 from .session import DEVICES
 
+# Commands of the extras: each module parses its own arguments, so that mmer_rt's core never imports it.
+EXTRA_COMMANDS = {"serve": ("mmer_rt.serve.command", "serve a model over HTTP (the [serve] extra)")}
 # Files are decoded a chunk at a time so that memory stays bounded however many are named.
 FILES_PER_CHUNK = 64
 
@@ -32,10 +35,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status: 0 success; 1 an mmer_rt error (with ``predict``, any file
     that failed; the others are still answered); 2 bad usage; 70 an unexpected crash (a bug: the traceback is on
     stderr); 141 the reader of stdout went away (``| head``), quietly."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in EXTRA_COMMANDS:
+        run = lambda: importlib.import_module(EXTRA_COMMANDS[argv[0]][0]).main(argv[1:])  # noqa: E731
+    else:
+        args = _parser().parse_args(argv)
+        run = lambda: args.run(args)  # noqa: E731
     try:
-        status = args.run(args)
+        status = run()
         sys.stdout.flush()  # here, so that a closed pipe is met inside this try rather than at exit
         return status
     except MMERError as error:
@@ -87,6 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("model", metavar="DIR", help="model directory")
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
     info.set_defaults(run=_info)
+    for name, (_, summary) in EXTRA_COMMANDS.items():
+        commands.add_parser(name, help=f"{summary}; mmer-rt {name} --help")
     return parser
 
 

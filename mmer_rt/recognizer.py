@@ -81,6 +81,22 @@ class _Piece:
     text: str | None
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """An utterance made ready by :meth:`Recognizer.decode`: its 16 kHz waveform (one per window under the
+    "window" policy, the heard part under "truncate"), its transcript, and what :class:`Prediction` reports."""
+
+    waveforms: tuple[np.ndarray, ...]
+    text: str | None
+    duration: float
+    truncated: bool
+
+    @property
+    def samples(self) -> int:
+        """Samples the graphs will run on (padding aside): what a batcher weighs against its budget."""
+        return sum(len(w) for w in self.waveforms)
+
+
 class Recognizer:
     """Speech emotion recognition with MMER on onnxruntime.
 
@@ -243,6 +259,37 @@ class Recognizer:
                 raise
             raise type(error)(f"{label}: {error}") from error
         return utterance, clip, self._windows(clip.samples)
+
+    def decode(self, audio: AudioSource, text: str | None = None, sample_rate: int | None = None) -> "Decoded":
+        """Decode and check one utterance without running a graph: the first half of :meth:`predict`.
+
+        A server decodes each request on its own (in a thread pool, as requests arrive) and then runs many
+        decoded utterances in one graph batch with :meth:`predict_decoded`. Raises as :meth:`predict` does.
+        """
+        utterance, clip, windows = self._prepare(Utterance(audio, text, sample_rate), 0, None)
+        return Decoded(tuple(windows), utterance.text, clip.duration, clip.truncated)
+
+    def predict_decoded(self, decoded: Sequence["Decoded"], errors: str = "raise") -> list:
+        """Run utterances made by :meth:`decode`, batched by length under the budget; results in input order.
+
+        ``predict_decoded([decode(a, t)])`` equals ``predict(a, t)``, alone or beside any other utterances.
+        ``errors`` as in :meth:`predict_batch`: with ``"return"``, an utterance that onnxruntime fails on (rerun
+        alone) gets its InferenceError in its place and the others their Predictions.
+        """
+        if errors not in ERROR_POLICIES:
+            raise ValueError(f"errors must be one of {', '.join(ERROR_POLICIES)}; got {errors!r}")
+        pieces = [_Piece(owner, waveform, item.text) for owner, item in enumerate(decoded)
+                  for waveform in item.waveforms]
+        probabilities, transcripts, failed = self._run(pieces, errors)
+        rows: list[list[int]] = [[] for _ in decoded]
+        for row, piece in enumerate(pieces):
+            rows[piece.owner].append(row)
+        return [
+            failed[owner] if owner in failed else self._combine(
+                rows[owner], probabilities, transcripts, item.text is not None, item.duration, item.truncated)
+            for owner, item in enumerate(decoded)
+        ]
+
 
     def _check_length(self, waveform: np.ndarray) -> None:
         minimum = _min_audio_samples(self.manifest)
