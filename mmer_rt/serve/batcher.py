@@ -119,6 +119,11 @@ class Batcher:
         return self._admitted
 
     @property
+    def waiting(self) -> int:
+        """Requests decoded and waiting for a batch."""
+        return len(self._pending)
+
+    @property
     def accepting(self) -> bool:
         return not self._closing
 
