@@ -124,6 +124,11 @@ class Batcher:
         return len(self._pending)
 
     @property
+    def running(self) -> int:
+        """Batches in their graph run now."""
+        return len(self._running)
+
+    @property
     def accepting(self) -> bool:
         return not self._closing
 

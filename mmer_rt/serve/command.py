@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from typing import Sequence
 
@@ -64,20 +65,28 @@ def main(argv: Sequence[str]) -> int:
         print(f"mmer-rt: error: {MISSING_EXTRA.format(error=error)}", file=sys.stderr)
         return 1
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    recognizer = Recognizer.from_dir(
+    serve(load_recognizer(args), serve_config(args), args.host, args.port, args.log_level)
+    return 0
+
+
+def load_recognizer(args: argparse.Namespace, cls: type[Recognizer] = Recognizer) -> Recognizer:
+    """The Recognizer that the parsed arguments describe (``cls``: Recognizer or a subclass)."""
+    return cls.from_dir(
         args.model, device=args.device, precision=args.precision, threads=args.threads,
         batch_budget=BatchBudget(max_items=args.max_batch, max_seconds=args.max_batch_seconds),
         long_audio=args.long_audio,
     )
+
+
+def serve_config(args: argparse.Namespace):
+    """The :class:`~mmer_rt.serve.http.ServeConfig` that the parsed arguments describe."""
     from .http import ServeConfig
 
-    config = ServeConfig(
+    return ServeConfig(
         max_body_mb=args.max_body_mb,
         batcher=BatcherConfig(max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, workers=args.workers,
                               decode_threads=args.decode_threads, max_audio_seconds=args.max_audio_seconds),
     )
-    serve(recognizer, config, args.host, args.port, args.log_level)
-    return 0
 
 
 def serve(recognizer: Recognizer, config, host: str, port: int, log_level: str = "info") -> None:
@@ -91,7 +100,25 @@ def serve(recognizer: Recognizer, config, host: str, port: int, log_level: str =
                 recognizer.model_dir, recognizer.device, recognizer.precision, recognizer.batch_budget.max_items,
                 config.batcher.max_wait_ms, config.batcher.max_queue, host, port)
     # uvicorn's own handlers catch SIGINT/SIGTERM: stop accepting, finish requests in flight, run the shutdown.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, timeout_graceful_shutdown=None)
+    # Then it raises the signal again under the handlers it found: these make that a normal return (status 0),
+    # since the shutdown was clean, instead of a KeyboardInterrupt traceback or death by SIGTERM.
+    previous = signal.signal(signal.SIGTERM, _stopped)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
+                    timeout_graceful_shutdown=None)
+    except (KeyboardInterrupt, _Stopped):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    logger.info("mmer-rt serve: stopped")
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stopped(signum, frame):
+    raise _Stopped()
 
 
 def _positive_int(text: str) -> int:

@@ -104,6 +104,9 @@ class Metrics:
         self.queue_depth = Gauge("mmer_queue_depth", "requests accepted and not yet running (decoding or "
                                  "waiting for a batch)", registry=self.registry)
         self.queue_depth.set_function(lambda: batcher.queue_depth)
+        self.batches_running = Gauge("mmer_batches_running", "batches in their graph run now",
+                                     registry=self.registry)
+        self.batches_running.set_function(lambda: batcher.running)
         self.batch_size = Histogram("mmer_batch_size", "requests per graph batch", buckets=BATCH_BUCKETS,
                                     registry=self.registry)
         self.batch_duration = Histogram("mmer_batch_duration_seconds", "time of one batch's graph runs",
