@@ -254,6 +254,10 @@ def test_metrics_and_the_openapi_page(server):
     assert {"/v1/predict", "/v2/models/mmer/infer", "/v2/health/ready", "/metrics"} <= set(spec["paths"])
     assert "multipart/form-data" in spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert httpx.get(f"{server.url}/docs").status_code == 200
+    missing = httpx.get(f"{server.url}/v2/models/other-model")
+    assert missing.status_code == 404 and missing.json()["error_type"] == "HTTPError"
+    text = httpx.get(f"{server.url}/metrics").text
+    assert metric(text, "mmer_requests_total", route="other", status="404") >= 1  # no label per unknown path
 
 
 # Faults, on the hooked server: one request per batch, a queue of two.

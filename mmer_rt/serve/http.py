@@ -135,6 +135,7 @@ def create_app(target: Recognizer | Batcher, config: ServeConfig | None = None):
     """The FastAPI app serving ``target`` (a Recognizer, or a Batcher around one); see the module docstring."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.requests import ClientDisconnect
 
     config = config or ServeConfig()
@@ -157,13 +158,20 @@ def create_app(target: Recognizer | Batcher, config: ServeConfig | None = None):
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.config = config
-    app.add_middleware(_Guard, max_body_bytes=config.max_body_bytes, metrics=metrics)
+    routes: set[str] = set()  # filled below; the metrics' route label is one of these or "other"
+    app.add_middleware(_Guard, max_body_bytes=config.max_body_bytes, metrics=metrics, routes=routes)
 
     @app.exception_handler(MMERError)
     async def _mmer_error(request: Request, error: MMERError):
         status = _status_of(error)
         headers = {"Retry-After": str(config.retry_after_s)} if isinstance(error, QueueFullError) else None
         return JSONResponse({"error": str(error), "error_type": type(error).__name__}, status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException):
+        # The framework's own refusals (404, 405, a malformed multipart body) in the same JSON shape as ours.
+        return JSONResponse({"error": str(error.detail), "error_type": "HTTPError"}, error.status_code,
+                            headers=getattr(error, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception):
@@ -234,6 +242,7 @@ def create_app(target: Recognizer | Batcher, config: ServeConfig | None = None):
         content, media_type = metrics.render()
         return Response(content, media_type=media_type)
 
+    routes.update(route.path for route in app.routes)
     return app
 
 
@@ -450,16 +459,17 @@ def _model_metadata(name: str, recognizer: Recognizer) -> dict[str, Any]:
 class _Guard:
     """ASGI middleware: the body limit (413 before the body is read whole) and per-request metrics."""
 
-    def __init__(self, app, max_body_bytes: int, metrics: Metrics):
+    def __init__(self, app, max_body_bytes: int, metrics: Metrics, routes: set[str]):
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
+        self.routes = routes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
-        route = scope["path"] if scope["path"] in _KNOWN_ROUTES or scope["path"].startswith("/v2/") else "other"
+        route = scope["path"] if scope["path"] in self.routes else "other"  # bounded label values
         state = {"status": None, "received": 0}
 
         async def tracked_send(message):
@@ -501,9 +511,6 @@ class _Guard:
 
 class _TooLarge(Exception):
     pass
-
-
-_KNOWN_ROUTES = {"/v1/predict", "/metrics", "/docs", "/openapi.json"}
 
 
 def _content_length(scope) -> int | None:
