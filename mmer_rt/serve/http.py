@@ -135,6 +135,7 @@ def create_app(target: Recognizer | Batcher, config: ServeConfig | None = None):
     """The FastAPI app serving ``target`` (a Recognizer, or a Batcher around one); see the module docstring."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.requests import ClientDisconnect
 
@@ -187,7 +188,8 @@ def create_app(target: Recognizer | Batcher, config: ServeConfig | None = None):
         "/v1/predict", summary="Recognise the emotion of one utterance",
         openapi_extra={"requestBody": _PREDICT_BODY},
         responses={200: {"description": "the prediction", "content": {"application/json": {
-            "example": {"label": "ang", "scores": [{"label": "ang", "score": 0.71}, {"label": "neu", "score": 0.2}],
+            "example": {"label": "angry", "scores": [{"label": "angry", "score": 0.71},
+                                                         {"label": "neutral", "score": 0.2}],
                         "transcript": "leave me alone", "transcript_source": "given", "duration": 2.4,
                         "truncated": False, "windows": 1}}}},
                    **_ERROR_RESPONSES},
@@ -228,7 +230,8 @@ def create_app(target: Recognizer | Batcher, config: ServeConfig | None = None):
         Outputs: ``label`` (BYTES [N]), ``scores`` (FP32 [N, C], in the order of ``labels``), ``labels`` (BYTES
         [C])."""
         body = await request.body()
-        header, audios, texts = _parse_infer(body, request.headers.get(BINARY_HEADER))
+        # In a thread: JSON and base64 of a large body would hold up the event loop.
+        header, audios, texts = await run_in_threadpool(_parse_infer, body, request.headers.get(BINARY_HEADER))
         predictions = await _gather([batcher.predict(audio, text) for audio, text in zip(audios, texts)])
         payload, binary = _infer_response(header, name, recognizer.labels, predictions)
         if binary is None:
@@ -287,13 +290,13 @@ async def _gather(calls: list) -> list:
 async def _predict_inputs(request) -> tuple[bytes, str | None]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=4)
-        upload, text = form.get("audio"), form.get("text")
-        if upload is None or isinstance(upload, str):
-            raise RequestError("the multipart form needs a file field 'audio'")
-        if text is not None and not isinstance(text, str):
-            raise RequestError("the form field 'text' must be a plain field, not a file")
-        return await upload.read(), text
+        async with request.form(max_files=1, max_fields=4) as form:  # closing it removes spooled files
+            upload, text = form.get("audio"), form.get("text")
+            if upload is None or isinstance(upload, str):
+                raise RequestError("the multipart form needs a file field 'audio'")
+            if text is not None and not isinstance(text, str):
+                raise RequestError("the form field 'text' must be a plain field, not a file")
+            return await upload.read(), text
     if content_type.startswith("audio/") or content_type == "application/octet-stream":
         body = await request.body()
         if not body:
