@@ -15,12 +15,12 @@ if [ -n "${MMER_INSTALL_ONLY:-}" ]; then
   exit 0
 fi
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null; then
-  echo "[install 1/3] espeak-ng, sox and libsndfile1 with apt-get"
+if ! command -v espeak-ng >/dev/null || ! command -v sox >/dev/null || ! command -v curl >/dev/null; then
+  echo "[install 1/3] espeak-ng, sox, libsndfile1 and curl (the README's serving commands) with apt-get"
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q espeak-ng sox libsndfile1
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q espeak-ng sox libsndfile1 curl
 else
-  echo "[install 1/3] espeak-ng and sox: already there"
+  echo "[install 1/3] espeak-ng, sox and curl: already there"
 fi
 # An unpinned torch pulls a multi-GB CUDA build: install the CPU 2.13.0 first unless a torch is already there.
 if "$PY" -c "import torch" 2>/dev/null; then

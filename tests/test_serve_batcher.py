@@ -5,7 +5,6 @@ runs together is decided by the rules and not by timing; equality with Recognize
 """
 
 import asyncio
-import importlib
 import subprocess
 import sys
 import threading
@@ -391,3 +390,27 @@ def test_the_batcher_needs_no_web_framework_and_the_core_never_imports_the_serve
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_serve_without_the_extra_says_how_to_install_it():
+    script = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'fastapi', 'uvicorn'}:\n"
+        "            raise ImportError(name + ' is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from mmer_rt.cli import main\n"
+        "sys.exit(main(['serve', '--model', 'no-such-dir']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 1 and "pip install 'mmer-rt[serve]'" in done.stderr, done.stderr
+
+
+def test_serve_options_are_checked_before_anything_loads():
+    from mmer_rt.cli import main
+
+    for options in (["--port", "0"], ["--max-batch", "0"], ["--max-wait-ms", "-1"], ["--max-body-mb", "nan"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(["serve", "--model", "no-such-dir", *options])
+        assert stopped.value.code == 2

@@ -6,10 +6,8 @@ it drained. Answers are compared with Recognizer.predict on the same input in th
 
 import base64
 import io
-import json
 import signal
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
