@@ -307,7 +307,10 @@ def test_a_full_queue_gets_503_with_retry_after_and_recovers(hooked):
 def test_clients_that_disconnect_cost_the_others_nothing(hooked, recognizer):
     hooked.gate.unlink(missing_ok=True)
     clip = wav(noise(RATE))
-    errors_before = metric(metrics_of(hooked), "mmer_requests_total", route="/v1/predict", status="500") or 0
+    before = metrics_of(hooked)
+    errors_before = metric(before, "mmer_requests_total", route="/v1/predict", status="500") or 0
+    gone_before = metric(before, "mmer_requests_total", route="/v1/predict", status="499") or 0
+    batches_before = metric(before, "mmer_batch_size_count") or 0
     with ThreadPoolExecutor(2) as pool:
         held = pool.submit(post_predict, hooked.url, clip, HOLD_TEXT, True)
         wait_for(lambda: metric(metrics_of(hooked), "mmer_batches_running") == 1)
@@ -318,9 +321,11 @@ def test_clients_that_disconnect_cost_the_others_nothing(hooked, recognizer):
         with socket.create_connection(("127.0.0.1", hooked.port), timeout=30) as conn:
             conn.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
                          + f"Content-Length: {len(clip)}\r\n\r\n".encode() + clip)
-            time.sleep(0.3)
+            wait_for(lambda: metric(metrics_of(hooked), "mmer_queue_depth") == 1)  # accepted, waiting
+        wait_for(lambda: metric(metrics_of(hooked), "mmer_queue_depth") == 0)  # ... and gone with its client
         hooked.gate.touch()
         assert held.result(60).status_code == 200
+        wait_for(lambda: metric(metrics_of(hooked), "mmer_batch_size_count") == batches_before + 1)
     wait_for(lambda: metric(metrics_of(hooked), "mmer_queue_depth") == 0)  # the gone client's request too
     requests = clips(2, seed=6)
     with ThreadPoolExecutor(2) as pool:  # the queue holds two
@@ -330,6 +335,9 @@ def test_clients_that_disconnect_cost_the_others_nothing(hooked, recognizer):
         assert_same(response.json(), recognizer.predict(audio, text), recognizer.labels)
     text = metrics_of(hooked)
     assert (metric(text, "mmer_requests_total", route="/v1/predict", status="500") or 0) == errors_before
+    assert metric(text, "mmer_requests_total", route="/v1/predict", status="499") == gone_before + 2
+    assert metric(text, "mmer_batch_size_count") == batches_before + 3  # the held one and the two above: the
+    # request whose client left never reached a graph run
 
 
 def test_sigterm_finishes_the_accepted_requests_then_exits(tiny_model_dir, tmp_path, recognizer):

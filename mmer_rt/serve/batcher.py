@@ -159,8 +159,11 @@ class Batcher:
         entry = _Entry(decoded, self._loop.create_future(), self._loop.time())
         self._pending.append(entry)
         self._wake.set()
-        # Cancelling this await (a client gone) cancels the future; the scheduler then drops the entry unrun.
-        return await entry.future
+        try:
+            return await entry.future
+        except asyncio.CancelledError:  # the caller has gone (a client disconnected): never run it
+            self._withdraw(entry)
+            raise
 
     async def close(self) -> None:
         """Take no new requests, answer every accepted one, then stop the threads."""
@@ -247,6 +250,14 @@ class Batcher:
         if expired or any(group is with_oldest for group in full):
             return with_oldest
         return full[0] if full else None
+
+    def _withdraw(self, entry: _Entry) -> None:
+        for index, waiting in enumerate(self._pending):
+            if waiting is entry:
+                del self._pending[index]
+                self._admitted -= 1
+                self._wake.set()  # a draining scheduler may be waiting for the queue to empty
+                return
 
     def _drop_cancelled(self) -> None:
         kept = [entry for entry in self._pending if not entry.future.done()]

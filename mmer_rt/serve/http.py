@@ -199,7 +199,7 @@ def create_app(target: Recognizer | Batcher, config: ServeConfig | None = None):
         an ``audio/*`` or ``application/octet-stream`` content type (optional query ``text=``). Without a
         transcript the model's CTC transcript is used."""
         audio, text = await _predict_inputs(request)
-        prediction = await batcher.predict(audio, text)
+        prediction = await _unless_gone(request, batcher.predict(audio, text))
         return prediction_json(prediction)
 
     @app.get("/v2", summary="KServe v2 server metadata")
@@ -232,7 +232,8 @@ def create_app(target: Recognizer | Batcher, config: ServeConfig | None = None):
         body = await request.body()
         # In a thread: JSON and base64 of a large body would hold up the event loop.
         header, audios, texts = await run_in_threadpool(_parse_infer, body, request.headers.get(BINARY_HEADER))
-        predictions = await _gather([batcher.predict(audio, text) for audio, text in zip(audios, texts)])
+        predictions = await _unless_gone(
+            request, _gather([batcher.predict(audio, text) for audio, text in zip(audios, texts)]))
         payload, binary = _infer_response(header, name, recognizer.labels, predictions)
         if binary is None:
             return JSONResponse(payload)
@@ -274,6 +275,27 @@ def _status_of(error: MMERError) -> int:
     if isinstance(error, (AudioError, TextError)):
         return 422
     return 500  # BatchError, and anything unforeseen: the server's fault, not the request's
+
+
+async def _unless_gone(request, call):
+    """Await ``call``, cancelling it if the client disconnects first: its request then leaves the queue unrun."""
+    from starlette.requests import ClientDisconnect
+
+    async def disconnected():
+        # The body has been read, so the next ASGI message can only be the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    work, watch = asyncio.ensure_future(call), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not work.done():
+            work.cancel()
+        watch.cancel()
+    if work.cancelled():
+        raise ClientDisconnect()
+    return work.result()
 
 
 async def _gather(calls: list) -> list:
