@@ -21,7 +21,7 @@ HOLD_TEXT = "hold this batch"
 
 def hooked_recognizer(gate: Path) -> type[Recognizer]:
     class Hooked(Recognizer):
-        def predict_decoded(self, decoded):
+        def predict_decoded(self, decoded, errors="raise"):
             texts = {item.text for item in decoded}
             if FAIL_TEXT in texts:
                 raise RuntimeError("injected failure inside the graph run")
@@ -29,7 +29,7 @@ def hooked_recognizer(gate: Path) -> type[Recognizer]:
                 deadline = time.monotonic() + 60
                 while not gate.exists() and time.monotonic() < deadline:
                     time.sleep(0.01)
-            return super().predict_decoded(decoded)
+            return super().predict_decoded(decoded, errors)
 
     return Hooked
 

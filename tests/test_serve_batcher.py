@@ -15,7 +15,7 @@ import pytest
 import soundfile
 
 from mmer_rt import BatchBudget, Recognizer
-from mmer_rt.errors import AudioError, TextError
+from mmer_rt.errors import AudioError, InferenceError, TextError
 from mmer_rt.recognizer import Decoded, Prediction
 from mmer_rt.serve.batcher import (
     AudioTooLongError, BatchError, Batcher, BatcherConfig, QueueFullError, ShuttingDownError,
@@ -40,7 +40,8 @@ class StandIn:
         self.release = threading.Event()
         if not hold:
             self.release.set()
-        self.fail_on: set[int] = set()
+        self.fail_on: set[int] = set()  # a batch holding one of these lengths raises
+        self.fail_alone: set[int] = set()  # these lengths get their own InferenceError, as onnxruntime's reruns give
         self._lock = threading.Lock()
 
     def decode(self, audio, text=None, sample_rate=None) -> Decoded:
@@ -49,7 +50,8 @@ class StandIn:
             raise AudioError(f"<{audio} samples>: the audio is empty")
         return Decoded((np.zeros(audio, np.float32),), text, audio / RATE, False)
 
-    def predict_decoded(self, decoded):
+    def predict_decoded(self, decoded, errors="raise"):
+        assert errors == "return"  # the batcher wants each request's own error
         self.threads.add(threading.current_thread().name)
         with self._lock:
             self.active += 1
@@ -60,8 +62,9 @@ class StandIn:
             self.runs.append(lengths)
             if self.fail_on & set(lengths):
                 raise RuntimeError("injected graph failure")
-            return [Prediction(str(n), {str(n): 1.0}, item.text or "", "given", item.duration) for n, item in
-                    zip(lengths, decoded)]
+            return [InferenceError(f"item {i}: onnxruntime failed") if n in self.fail_alone else
+                    Prediction(str(n), {str(n): 1.0}, item.text or "", "given", item.duration)
+                    for i, (n, item) in enumerate(zip(lengths, decoded))]
         finally:
             with self._lock:
                 self.active -= 1
@@ -213,6 +216,21 @@ def test_a_failed_graph_run_fails_only_its_own_batch():
     results, after = asyncio.run(main())
     assert [r.label for r in (results[0], results[2], after)] == ["100", "200", "300"]
     assert isinstance(results[1], BatchError) and "injected graph failure" in str(results[1])
+
+
+def test_a_request_onnxruntime_fails_on_alone_gets_its_own_error_and_its_batch_the_answers():
+    async def main():
+        model = StandIn(BatchBudget(max_items=3, max_seconds=None))
+        model.fail_alone = {200}
+        batcher = Batcher(model, BatcherConfig(max_wait_ms=10_000))
+        results = await asyncio.gather(*(batcher.predict(n) for n in (100, 200, 300)), return_exceptions=True)
+        await batcher.close()
+        return model.runs, results
+
+    runs, results = asyncio.run(main())
+    assert runs == [[300, 200, 100]]
+    assert results[0].label == "100" and results[2].label == "300"
+    assert isinstance(results[1], InferenceError)
 
 
 def test_bad_input_fails_only_its_own_request_before_the_queue():

@@ -10,6 +10,7 @@ at most ``workers`` batches run at once. A bounded queue in front refuses at onc
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import time
@@ -142,7 +143,8 @@ class Batcher:
         Raises:
           QueueFullError: ``max_queue`` requests are already held. ShuttingDownError: after :meth:`close`.
           AudioError, TextError: the request's own input (AudioTooLongError over ``max_audio_seconds``).
-          BatchError: the graph run of its batch failed.
+          InferenceError: onnxruntime failed on this request, run alone.
+          BatchError: the graph run of its batch failed otherwise.
         """
         if self._closing:
             raise ShuttingDownError("the server is shutting down and takes no new requests")
@@ -268,11 +270,18 @@ class Batcher:
         started = time.perf_counter()
         failed = False
         try:
-            predictions = await self._loop.run_in_executor(
-                self._graph_pool, self.recognizer.predict_decoded, [entry.decoded for entry in batch])
-            for entry, prediction in zip(batch, predictions):
-                if not entry.future.done():
-                    entry.future.set_result(prediction)
+            # errors="return": onnxruntime failing on the batch reruns its requests one by one, and only one that
+            # fails alone gets its InferenceError.
+            results = await self._loop.run_in_executor(
+                self._graph_pool, functools.partial(self.recognizer.predict_decoded,
+                                                    [entry.decoded for entry in batch], errors="return"))
+            for entry, result in zip(batch, results):
+                if entry.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    entry.future.set_exception(result)
+                else:
+                    entry.future.set_result(result)
         except Exception as error:  # noqa: BLE001 - any failure of a graph run fails only its own batch
             failed = True
             logger.exception("a batch of %d requests failed", len(batch))

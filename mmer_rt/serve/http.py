@@ -557,7 +557,8 @@ _ERROR_RESPONSES = {
          "audio: 75.0 s, more than this server's limit of 60 s"),
         (415, "an unsupported content type", "UnsupportedMediaTypeError", "unsupported content type 'text/plain'"),
         (422, "audio or text that cannot be used", "AudioError", "item 0: cannot decode audio (...)"),
-        (500, "the model failed on this request's batch", "BatchError", "the model failed on this request's batch"),
+        (500, "the model failed on this request (InferenceError) or on its batch (BatchError)", "BatchError",
+         "the model failed on this request's batch (RuntimeError: ...)"),
         (503, "the queue is full (with Retry-After), or the server is shutting down", "QueueFullError",
          "the queue is full (256 requests waiting); retry shortly"),
     )
