@@ -91,11 +91,6 @@ class Decoded:
     duration: float
     truncated: bool
 
-    @property
-    def samples(self) -> int:
-        """Samples the graphs will run on (padding aside): what a batcher weighs against its budget."""
-        return sum(len(w) for w in self.waveforms)
-
 
 class Recognizer:
     """Speech emotion recognition with MMER on onnxruntime.
@@ -289,7 +284,6 @@ class Recognizer:
                 rows[owner], probabilities, transcripts, item.text is not None, item.duration, item.truncated)
             for owner, item in enumerate(decoded)
         ]
-
 
     def _check_length(self, waveform: np.ndarray) -> None:
         minimum = _min_audio_samples(self.manifest)
