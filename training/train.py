@@ -125,6 +125,13 @@ FLAG_CHOICES = {"preset": sorted(PRESETS), "scl": SCL_FORMS, "ctc_reduction": ("
 
 def parse_args(argv: list[str] | None = None, prog: str = "python -m training.train",
                description: str = __doc__.split("\n")[0]) -> TrainConfig:
+    parser = build_parser(prog, description)
+    return config_from_args(parser, vars(parser.parse_args(argv)))
+
+
+def build_parser(prog: str = "python -m training.train",
+                 description: str = __doc__.split("\n")[0]) -> argparse.ArgumentParser:
+    """A parser of every TrainConfig flag and --config; training.loso adds its own flags to it."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", type=Path, help="JSON file of defaults for any flag below (snake_case keys)")
     for field in fields(TrainConfig):
@@ -140,10 +147,15 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m training.tr
         else:
             parser.add_argument(flag, type={"int": int, "float": float}.get(field.type, str), default=None,
                                 choices=FLAG_CHOICES.get(field.name), help=help_text)
-    args = vars(parser.parse_args(argv))
-    config_file = args.pop("config")
+    return parser
+
+
+def config_from_args(parser: argparse.ArgumentParser, args: dict) -> TrainConfig:
+    """The TrainConfig of parsed flags (``vars(namespace)``) over the --config file's values over the defaults."""
+    known = {f.name for f in fields(TrainConfig)}
+    config_file = args.get("config")
     values = _read_config_file(config_file) if config_file else {}
-    values.update({k: v for k, v in args.items() if v is not None})
+    values.update({k: v for k, v in args.items() if v is not None and k in known})
     config = TrainConfig(**values)
     for required in ("manifest", "out"):
         if not getattr(config, required):
@@ -349,7 +361,7 @@ class Trainer:
         layerdrop = model.audio_encoder.config.layerdrop > 0
         return torch.nn.parallel.DistributedDataParallel(
             views, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-            broadcast_buffers=False,  # the only buffers are constant position ids: nothing to keep in step
+            forward_sync_buffers=False,  # the only buffers are constant position ids: nothing to keep in step
             find_unused_parameters=layerdrop,
         )
 
