@@ -194,7 +194,7 @@ class Progress:
     elapsed_s: float = 0.0
 
 
-def threads_for(requested: int, device: torch.device) -> int:
+def threads_for(requested: int) -> int:
     """Intra-op threads for one training or evaluation process: ``requested``, or (0) the measured choice, 1.
 
     Measured on 2 Xeon cores (README, "Training on several GPUs or machines"): training the small preset with one
@@ -239,7 +239,7 @@ class Trainer:
         self.out = Path(config.out)
         self.labels = [label.strip() for label in config.labels.split(",") if label.strip()]
         self.device = self.ranks.device
-        torch.set_num_threads(threads_for(config.threads, self.device))
+        torch.set_num_threads(threads_for(config.threads))
         seed_everything(config.seed)
         self._prepare_run_dir()
         self.split = self._split(read_manifest(config.manifest, labels=self.labels))
