@@ -135,3 +135,16 @@ def test_loso_reports_a_failed_fold_while_the_others_finish(synthetic_corpus, tm
     if jobs == "2":  # each fold ran in a process of its own, its output in a log
         assert {p.name for p in root.glob("*.log")} == {"Session1.log", "Session2.log", "Session3.log"}
         assert "Session2.log" in report["summary"]["failed"]["Session2"]
+
+
+def test_resume_mid_epoch_refuses_another_global_batch_size(synthetic_corpus, tmp_path):
+    out = tmp_path / "run"
+    train.main(_flags(synthetic_corpus, out, "--epochs", "1", "--no-augment"))
+    state_path = out / "last" / train.STATE_NAME
+    state = json.loads(state_path.read_text())
+    assert state["global_batch"] == 8  # --batch-size 8 in a world of one
+    # As if interrupted one batch into epoch 2 of a run of 2 processes x 8: its batch count means other batches.
+    state.update(epoch=1, batch_in_epoch=1, global_batch=16)
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(SystemExit, match="global batches of 16 utterances; this run's are 8"):
+        train.main(_flags(synthetic_corpus, out, "--epochs", "2", "--no-augment", "--resume"))

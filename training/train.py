@@ -192,6 +192,7 @@ class Progress:
     best_loss: float | None = None  # validation cross-entropy of the best epoch: breaks ties in UA
     best_epoch: int = -1
     elapsed_s: float = 0.0
+    global_batch: int = 0  # utterances per step over all ranks: batch_in_epoch counts batches of this size
 
 
 def threads_for(requested: int) -> int:
@@ -368,6 +369,14 @@ class Trainer:
     # ----- the loop -------------------------------------------------------------------------------------------
     def fit(self) -> dict:
         started = time.monotonic() - self.progress.elapsed_s
+        global_batch = self.config.batch_size * self.ranks.world_size
+        saved = self.progress.global_batch
+        if self.progress.batch_in_epoch and saved and saved != global_batch:
+            raise SystemExit(
+                f"error: --resume: {self.out / 'last'} stopped {self.progress.batch_in_epoch} batches into epoch "
+                f"{self.progress.epoch + 1} with global batches of {saved} utterances; this run's are {global_batch} "
+                f"(--batch-size x processes): resume with the same batch size and number of processes")
+        self.progress.global_batch = global_batch
         cut_short = None
         for epoch in range(self.progress.epoch, self.config.epochs):
             self.progress.epoch = epoch
