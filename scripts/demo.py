@@ -89,15 +89,19 @@ def main(argv: list[str] | None = None) -> None:
     run("4. recognise the held-out voices with mmer_rt.Recognizer (no torch involved)",
         [str(ROOT / "scripts" / "recognize_heldout.py"), str(model_dir), str(corpus / "manifest.jsonl"),
          "--session", TEST_SESSION, "--json", str(work / "heldout.json")])
-    compare_with_readme(json.loads((work / "heldout.json").read_text())["fp32"]["ua"],
-                        json.loads((run_dir / "results.json").read_text()))
+    compare_with_readme(work / "heldout.json", run_dir / "results.json")
     print(f"\ndemo finished in {(time.monotonic() - started) / 60:.1f} minutes; everything is in {work}")
     if reused:
         print(f"reused from an earlier run: {', '.join(reused)}; {fresh_hint}")
 
 
-def compare_with_readme(ua: float, results: dict) -> None:
-    """Say whether the held-out UA is the README's figure, and why it may not be."""
+def compare_with_readme(heldout_json: Path, results_json: Path) -> None:
+    """Say whether the held-out UA (step 4's figures) is the README's figure, and why it may not be."""
+    if not heldout_json.is_file() or not results_json.is_file():
+        print(f"\nno held-out figures to compare with the README's ({heldout_json} or {results_json} is missing)")
+        return
+    ua = json.loads(heldout_json.read_text())["fp32"]["ua"]
+    results = json.loads(results_json.read_text())
     found = README_UA.search((ROOT / "README.md").read_text(encoding="utf-8"))
     trained = f"{results.get('epochs_trained', '?')} of {results.get('epochs_planned', '?')} epochs"
     if results.get("cut_short"):
