@@ -6,8 +6,8 @@ Builds the demo's trainer (``scripts/demo.py``'s flags: the small preset, batch 
 interleaved round by round so that a busy machine's noise falls on every setting alike, ``--batches`` training steps
 (load, forward, backward, AdamW) under each intra-op thread count and DataLoader worker count, and one pass of
 evaluation over the validation speakers under each thread count. Prints the median seconds per training batch and
-per evaluation pass, and each setting's ratio to the fastest. The trainer's default (``--threads 0``: 1 thread,
-``--workers 0``) was chosen from this table (README, "Training on several GPUs or machines").
+per evaluation pass, and each setting's ratio to the fastest. The trainer's defaults (``--threads 0``: 1 thread,
+``--workers 1``) were chosen from this table (README, "Training on several GPUs or machines").
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ class TrainConfig:
     validation: float = 0.15  # fraction of the training speakers held out for model selection
     device: str = "auto"
     seed: int = 0
-    workers: int = 0
+    workers: int = 1  # one loader process per training process: measured faster than loading in it (threads_for)
     threads: int = 0  # intra-op CPU threads per process; 0 = the measured choice (threads_for)
     checkpoint_every: int = 0  # optimizer steps between mid-epoch checkpoints; 0 = at the end of each epoch only
     max_minutes: float = 0.0  # an explicit wall-clock limit, checked after each epoch; 0 = none
@@ -111,8 +111,9 @@ FLAG_HELP = {
     "validation": "fraction of the training speakers held out for model selection",
     "device": "auto (CUDA when torch sees a GPU), cpu, cuda or any torch device name",
     "seed": "seed of every random choice (split, shuffling, augmentation, initialisation)",
-    "workers": "DataLoader worker processes per process (0 = load in the training process, the measured choice: "
-               "README, 'Training on several GPUs or machines')",
+    "workers": "DataLoader worker processes per training process (0 = load in the training process; 1, the "
+               "measured choice, loads the next batch while the model trains on this one: README, 'Training on "
+               "several GPUs or machines')",
     "threads": "intra-op CPU threads per process (0 = the measured choice, 1 thread: README, 'Training on "
                "several GPUs or machines')",
     "checkpoint_every": "optimizer steps between mid-epoch checkpoints (0 = at the end of each epoch only)",
@@ -198,12 +199,14 @@ class Progress:
 def threads_for(requested: int) -> int:
     """Intra-op threads for one training or evaluation process: ``requested``, or (0) the measured choice, 1.
 
-    Measured on 2 Xeon cores (README, "Training on several GPUs or machines"): training the small preset with one
-    thread took about half the time of torch's default of one thread per core, and evaluation a third: at these
-    widths each matrix product is too small to split across threads, and a second thread only contends with the
-    data loading and with other work on the machine. Under torchrun every rank is a process of its own, so one
-    thread per process also keeps N ranks on N cores. Larger models on many idle cores may gain from more: pass
-    ``--threads``.
+    Measured with ``python -m benchmarks.train_threads`` on 2 busy Xeon cores (README, "Training on several GPUs or
+    machines"): a training step of the demo's small preset took a tenth of the time with one thread that it took
+    with torch's default of one thread per core, and evaluation a fifth (issue 16 saw a half and a third on a less
+    busy machine): at these widths a matrix product is too small to split across threads, and a second thread
+    waits on the data loading and on other work on the machine. One DataLoader worker (``--workers 1``, the
+    default) was 1.15x faster than loading in the training process. Under torchrun every rank is a process of its
+    own, so one thread per process also keeps N ranks on N cores. Larger models on many idle cores may gain from
+    more: pass ``--threads``.
     """
     if requested < 0:
         raise SystemExit(f"error: --threads {requested}: give a positive count, or 0 for the measured default")
