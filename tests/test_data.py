@@ -197,3 +197,13 @@ def test_leave_one_session_out_keeps_validation_out_of_the_test_session():
         assert Counter(u.id for u in fold.train + fold.validation + fold.test) == Counter(u.id for u in rows)
     with pytest.raises(CorpusError, match="unknown test session 'Session9'"):
         leave_one_session_out(rows, "Session9")
+
+
+def test_rank_batches_gives_every_rank_an_equal_contiguous_part_of_each_global_batch():
+    from training.distributed import rank_batches
+
+    global_batches = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]  # the last one does not split evenly
+    assert rank_batches(global_batches, 0, 2) == [[0, 1], [4, 5], [8]]
+    assert rank_batches(global_batches, 1, 2) == [[2, 3], [6, 7], [9]]  # 10 is left out this epoch
+    assert rank_batches(global_batches, 0, 1) == global_batches  # a world of one takes every batch whole
+    assert rank_batches([[0, 1], [2]], 1, 3) == []  # too few utterances for 3 ranks: no batch for anyone

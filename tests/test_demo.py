@@ -81,3 +81,22 @@ def test_fresh_deletes_the_earlier_run_and_redoes_every_step(demo, tmp_path, cap
     assert not (work / "corpus").exists() and "--resume" not in demo.calls[1]
     out = capsys.readouterr().out
     assert f"--fresh: deleting {work}" in out and "reusing" not in out
+
+
+@pytest.mark.parametrize("ua, said", [(None, "the README's figure"), (0.575, "DIFFERS from the README's")])
+def test_the_demo_compares_its_figure_with_the_readme(demo, tmp_path, capsys, ua, said):
+    readme = float(demo.README_UA.search((ROOT / "README.md").read_text()).group(1))
+    heldout, results = tmp_path / "heldout.json", tmp_path / "results.json"
+    heldout.write_text(json.dumps({"fp32": {"ua": readme / 100 if ua is None else ua}}))
+    results.write_text(json.dumps({"epochs_trained": 20, "epochs_planned": 20, "cut_short": None}))
+    demo.compare_with_readme(heldout, results)
+    out = capsys.readouterr().out
+    assert said in out and "20 of 20 epochs" in out and "CUT SHORT" not in out
+    results.write_text(json.dumps({"epochs_trained": 3, "epochs_planned": 20,
+                                   "cut_short": {"reason": "--max-minutes 8"}}))
+    demo.compare_with_readme(heldout, results)
+    assert "WARNING: training was CUT SHORT (--max-minutes 8, 3 of 20 epochs)" in capsys.readouterr().out
+
+
+def test_the_demo_trains_its_epochs_with_no_time_limit(demo):
+    assert "--max-minutes" not in demo.TRAIN_FLAGS and "--epochs" in demo.TRAIN_FLAGS

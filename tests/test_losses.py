@@ -201,3 +201,13 @@ def test_mmer_loss_trains_the_heads_and_not_the_frozen_encoder(tiny_model, make_
                  "audio_encoder.wav2vec2.encoder.layers.0.attention.q_proj.weight"):
         assert grads[name] is not None and grads[name].abs().sum() > 0, name
     assert all(g is None for name, g in grads.items() if name.startswith("text_encoder."))
+
+
+def test_mmer_loss_mean_ctc_is_torchs_mean_reduction():
+    out, labels = fake_output(E, E), torch.tensor(LABELS)
+    targets = CTC_TARGETS + [CTC_TARGETS[0]]
+    _, parts = mmer_loss(out, None, labels, targets, ctc_reduction="mean")
+    expected = ctc_loss(out.ctc_logits, out.frame_mask, targets, reduction="mean", zero_infinity=True)
+    assert parts["ctc"].item() == pytest.approx(expected.item(), rel=1e-9)
+    with pytest.raises(ValueError, match="ctc_reduction='max'"):
+        mmer_loss(out, None, labels, targets, ctc_reduction="max")

@@ -83,3 +83,68 @@ def test_loso_summary_statistics():
     summary = loso.summarise(folds)
     assert summary["wa_mean"] == pytest.approx(0.6) and summary["wa_std"] == pytest.approx(0.1)
     assert summary["ua_mean"] == pytest.approx(0.6) and summary["ua_std"] == pytest.approx(0.2)
+
+
+def test_a_run_trains_every_epoch_and_says_so(synthetic_corpus, tmp_path):
+    results = train.main(_flags(synthetic_corpus, tmp_path / "run", "--epochs", "2", "--no-augment"))
+    assert results["cut_short"] is None and results["epochs_trained"] == results["epochs_planned"] == 2
+
+
+def test_a_time_limit_that_cuts_training_short_says_so_everywhere(synthetic_corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    results = train.main(_flags(synthetic_corpus, out, "--epochs", "3", "--no-augment", "--max-minutes", "0.0001"))
+    expected = {"reason": "--max-minutes 0.0001", "epochs_trained": 1, "epochs_planned": 3}
+    assert results["cut_short"] == expected
+    assert json.loads((out / "results.json").read_text())["cut_short"] == expected
+    assert len((out / "history.jsonl").read_text().splitlines()) == 1
+    log = capsys.readouterr()
+    # When it stops, and again in the summary after the figures it qualifies.
+    assert (log.out + log.err).count("WARNING: training was CUT SHORT by --max-minutes 0.0001: 1 of 3 epochs") == 2
+
+
+def test_parameters_no_loss_reaches_are_frozen_and_every_other_one_gets_a_gradient(synthetic_corpus, tmp_path):
+    # DDP without find_unused_parameters needs every trainable parameter to receive a gradient each step.
+    for augment in ("--augment", "--no-augment"):
+        config = train.parse_args(_flags(synthetic_corpus, tmp_path / augment, augment))
+        trainer = train.Trainer(config)
+        assert all(p.requires_grad == (augment == "--augment") for p in trainer.model.acl_head.parameters())
+        batch = trainer.collate([trainer.train_set[i] for i in range(4)])
+        loss, _ = trainer._loss(batch)
+        loss.backward()
+        missing = [n for n, p in trainer.model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing, missing
+        assert all(p.grad is None for p in trainer.model.text_encoder.parameters())  # frozen, as published
+    wav2vec2 = trainer.model.audio_encoder.wav2vec2
+    wav2vec2.masked_spec_embed = torch.nn.Parameter(torch.zeros(wav2vec2.config.hidden_size))
+    trainer._set_trainable(trainer.model)  # SpecAugment is off: the mask embedding is never used
+    assert not wav2vec2.masked_spec_embed.requires_grad
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_loso_reports_a_failed_fold_while_the_others_finish(synthetic_corpus, tmp_path, jobs):
+    root = tmp_path / "loso"
+    (root / "Session2").mkdir(parents=True)
+    (root / "Session2" / "notes.txt").write_text("in the way")  # the Session2 fold refuses to overwrite it
+    code = loso.main(_flags(synthetic_corpus, root, "--epochs", "1", "--no-augment", "--jobs", jobs))
+    assert code == 1
+    report = json.loads((root / "loso.json").read_text())
+    assert sorted(report["folds"]) == ["Session1", "Session3"]
+    assert "not empty" in report["summary"]["failed"]["Session2"]
+    uas = [fold["test"]["ua"] for fold in report["folds"].values()]
+    assert report["summary"]["folds"] == 2 and report["summary"]["ua_mean"] == pytest.approx(sum(uas) / 2)
+    if jobs == "2":  # each fold ran in a process of its own, its output in a log
+        assert {p.name for p in root.glob("*.log")} == {"Session1.log", "Session2.log", "Session3.log"}
+        assert "Session2.log" in report["summary"]["failed"]["Session2"]
+
+
+def test_resume_mid_epoch_refuses_another_global_batch_size(synthetic_corpus, tmp_path):
+    out = tmp_path / "run"
+    train.main(_flags(synthetic_corpus, out, "--epochs", "1", "--no-augment"))
+    state_path = out / "last" / train.STATE_NAME
+    state = json.loads(state_path.read_text())
+    assert state["global_batch"] == 8  # --batch-size 8 in a world of one
+    # As if interrupted one batch into epoch 2 of a run of 2 processes x 8: its batch count means other batches.
+    state.update(epoch=1, batch_in_epoch=1, global_batch=16)
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(SystemExit, match="global batches of 16 utterances; this run's are 8"):
+        train.main(_flags(synthetic_corpus, out, "--epochs", "2", "--no-augment", "--resume"))

@@ -19,12 +19,16 @@ from mmer_rt.text import TextTokenizer
 from .checkpoint import load_checkpoint
 from .data import Collator
 from .metrics import Scores, score
-from .train import choose_device, predict
+from .train import choose_device, predict, threads_for
 
 
 def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, sessions=(), speakers=(),
-                        batch_size: int = 8, device: str = "auto") -> Scores:
-    """Score ``checkpoint`` on the manifest's utterances, optionally only those of some sessions or speakers."""
+                        batch_size: int = 8, device: str = "auto", threads: int = 0) -> Scores:
+    """Score ``checkpoint`` on the manifest's utterances, optionally only those of some sessions or speakers.
+
+    ``threads``: intra-op CPU threads, 0 for the measured default (``training.train.threads_for``).
+    """
+    torch.set_num_threads(threads_for(threads))
     model, tokenizer_path = load_checkpoint(checkpoint)
     labels = list(model.config.labels)
     utterances = read_manifest(manifest, labels=labels)
@@ -55,11 +59,14 @@ def main(argv: list[str] | None = None) -> Scores:
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA when torch sees a GPU), cpu, cuda or any torch device name "
                              "(default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="intra-op CPU threads (default: 0 = the measured choice, 1 thread; see the README's "
+                             "'Training on several GPUs or machines')")
     parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
     args = parser.parse_args(argv)
     try:
         scores = evaluate_checkpoint(args.checkpoint, args.manifest, args.session, args.speaker, args.batch_size,
-                                     args.device)
+                                     args.device, args.threads)
     except MMERError as error:
         raise SystemExit(f"error: {error}") from error
     print(f"WA {scores.wa:.4f}  UA {scores.ua:.4f}  ({int(scores.confusion.sum())} utterances)")
