@@ -21,7 +21,8 @@ from .recognizer import LONG_AUDIO_POLICIES, Prediction, Recognizer, Utterance
 from .session import DEVICES
 
 # Commands of the extras: each module parses its own arguments, so that mmer_rt's core never imports it.
-EXTRA_COMMANDS = {"serve": ("mmer_rt.serve.command", "serve a model over HTTP (the [serve] extra)")}
+EXTRA_COMMANDS = {"serve": ("mmer_rt.serve.command", "serve a model over HTTP (the [serve] extra)"),
+                  "score": ("mmer_rt.serve.score", "score a manifest or folder into JSONL, resumably (--ray: on Ray)")}
 # Files are decoded a chunk at a time so that memory stays bounded however many are named.
 FILES_PER_CHUNK = 64
 

@@ -138,14 +138,14 @@ def _parse_row(
     problems += _transcript_problems("text", row["text"])
     if row.get("aug_text") is not None:
         problems += _transcript_problems("aug_text", row["aug_text"])
-    audio = _resolve(row["audio"], folder)
-    aug_audio = _resolve(row["aug_audio"], folder) if row.get("aug_audio") is not None else None
+    audio = resolve_audio(row["audio"], folder)
+    aug_audio = resolve_audio(row["aug_audio"], folder) if row.get("aug_audio") is not None else None
     if check_audio:
         problems += _audio_problems("audio", audio)
         if aug_audio is not None:
             problems += _audio_problems("aug_audio", aug_audio)
     utterance = Utterance(
-        id=row.get("id") or Path(row["audio"]).stem,
+        id=row_id(row),
         audio=audio,
         text=row["text"],
         label=label,
@@ -162,7 +162,13 @@ def _is_text(value) -> bool:
     return isinstance(value, str) and value.strip() != ""
 
 
-def _resolve(audio: str, folder: Path) -> Path:
+def row_id(row: dict) -> str:
+    """A row's id: its "id" field, else its audio file's name without the extension."""
+    return row.get("id") or Path(row["audio"]).stem
+
+
+def resolve_audio(audio: str, folder: Path) -> Path:
+    """An audio path as a manifest row gives it, relative paths taken from the manifest's ``folder``."""
     candidate = Path(audio).expanduser()
     return candidate if candidate.is_absolute() else folder / candidate
 

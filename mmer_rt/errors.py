@@ -37,3 +37,7 @@ class DeviceError(MMERError):
 
 class CorpusError(MMERError, ValueError):
     """A corpus that cannot be imported or synthesised: not the expected layout, a missing tool, a bad option."""
+
+
+class ResultsError(MMERError, ValueError):
+    """A results file (JSONL written by ``mmer-rt score``) that cannot be resumed: a line that is not a result."""
