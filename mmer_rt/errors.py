@@ -41,3 +41,7 @@ class CorpusError(MMERError, ValueError):
 
 class ResultsError(MMERError, ValueError):
     """A results file (JSONL written by ``mmer-rt score``) that cannot be resumed: a line that is not a result."""
+
+
+class TimelineError(MMERError, ValueError):
+    """A speaker-turn (RTTM) or timed-transcript file or list that cannot be used; the message names file and line."""

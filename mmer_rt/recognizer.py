@@ -238,6 +238,12 @@ class Recognizer:
                 rows[index], probabilities, transcripts, given, clip.duration, clip.truncated)
         return results
 
+    def timeline(self, audio: AudioSource, sample_rate: int | None = None, **options: Any):
+        """The emotion timeline of a long recording: see :func:`mmer_rt.timeline.timeline` for the options."""
+        from .timeline import timeline
+
+        return timeline(self, audio, sample_rate, **options)
+
     def _prepare(self, item: BatchItem, index: int, sample_rate: int | None):
         """(utterance, clip, windows) of one batch item, or the MMERError that sets it aside, naming the item."""
         audio = item.audio if isinstance(item, Utterance) else item[0] if isinstance(item, tuple) and item else item
