@@ -56,8 +56,8 @@ class Segmentation:
       neg_threshold: ...and speech goes on while the probability stays at or above this (Silero's hysteresis;
         None: ``threshold - 0.15``, as silero-vad's own get_speech_timestamps).
       max_gap: silences shorter than this inside speech are bridged (breaths, pauses between words).
-      min_speech: speech shorter than this is dropped (clicks, coughs, a "mm"), as is a piece of a region
-        shorter than this left over at a speaker turn.
+      min_speech: speech shorter than this is dropped (clicks, coughs, a "mm"); a piece of a region shorter
+        than this before a speaker turn joins the next speaker's piece.
       pad: each region is widened by this on both sides (the detector clips soft onsets and word ends).
       smoothing: 0 (off): each segment's own scores; k > 0: the scores (and so the label) are the mean of the
         segment's and its k neighbours' on each side, among the same speaker's segments in time order.
@@ -191,7 +191,8 @@ def timeline(
       sample_rate: the rate of an array; for files, None or the file's own rate.
       speakers: speaker turns: an RTTM file's path or (start, end, speaker) tuples in seconds. Regions are cut
         at turn changes; where turns overlap the later-starting one is the speaker; speech outside every turn
-        has speaker None.
+        has speaker None. Speech running past the end of a turn stays with its speaker until another turn
+        starts; a piece shorter than ``min_speech`` before a turn change joins the next speaker's piece.
       transcript: timed words: a WebVTT (.vtt), SRT (.srt) or JSON file's path (see :func:`read_transcript`) or
         (start, end, word) tuples. A window gets the words whose middle falls inside it.
       channels_as_speakers: each channel of a multi-channel recording is one speaker ("channel 1", ...), with
@@ -429,9 +430,14 @@ class _Lane:
         if self._turns is None:
             return
         for change in self._turns.changes(a, b):
-            if change > self._span.start:
-                yield from self._end_span(change)
-                self._span = _Span(change, self._turns.speaker_at(change), change)
+            speaker = self._turns.speaker_at(change)
+            if speaker is None or speaker == self._span.speaker:
+                continue  # speech running past a turn's end stays with its speaker until another turn starts
+            if change - self._span.start < self._min_speech and self._span.emitted_end < 0:
+                self._span.speaker = speaker  # too short to stand alone: it joins the next speaker's piece
+                continue
+            yield from self._end_span(change)
+            self._span = _Span(change, speaker, change)
 
     def _full_windows(self, confirmed: int) -> Iterator[_Window]:
         span = self._span
