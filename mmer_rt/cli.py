@@ -1,4 +1,4 @@
-"""The ``mmer-rt`` command line: ``predict`` emotions of audio files and show a model directory's ``info``."""
+"""The ``mmer-rt`` command line: ``predict`` emotions of audio files, show a model directory's ``info``, ``timeline``."""
 
 from __future__ import annotations
 
@@ -97,6 +97,10 @@ def _parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_info)
     for name, (_, summary) in EXTRA_COMMANDS.items():
         commands.add_parser(name, help=f"{summary}; mmer-rt {name} --help")
+
+    from .timeline_cli import add_timeline_command
+
+    add_timeline_command(commands)
     return parser
 
 

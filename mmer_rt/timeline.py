@@ -565,6 +565,8 @@ def _as_turns(speakers: SpeakerTurns) -> list[Turn]:
         return read_rttm(speakers)
     turns = []
     for index, item in enumerate(speakers):
+        if isinstance(item, Turn):
+            item = (item.start, item.end, item.speaker)
         try:
             start, end, speaker = item
             start, end = float(start), float(end)
@@ -700,6 +702,8 @@ def _as_words(transcript: TimedWords) -> list[Word]:
         return read_transcript(transcript)
     words = []
     for index, item in enumerate(transcript):
+        if isinstance(item, Word):
+            item = (item.start, item.end, item.text)
         try:
             start, end, said = item
             start, end = float(start), float(end)
