@@ -27,17 +27,19 @@ from .workload import benchmark_tokenizer
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_ROOT = Path(os.environ.get("MMER_BENCH_CACHE", REPO_ROOT / ".bench-cache"))
 TOKENIZER_VOCAB = 600
-SIZES = ("base", "quick")
+SIZES = ("base", "small", "quick")
 OPTIMUM_HINT = "bash scripts/optimum_env.sh"
 EXPORT_STAMP = ".bench-exporter"  # in the model directory: exporter_digest() of the code that wrote it
 
 
 def size_config(size: str):
-    """The MMERConfig of a benchmark size: "base" is the published shape, "quick" the tests' tiny model."""
-    from training.model import base_config, tiny_config
+    """The MMERConfig of a benchmark size: "base" is the published shape, "small" the demo's, "quick" the tests'."""
+    from training.model import base_config, small_config, tiny_config
 
     if size == "base":
         return base_config()
+    if size == "small":
+        return small_config(vocab_size=TOKENIZER_VOCAB)
     if size == "quick":
         return tiny_config(vocab_size=TOKENIZER_VOCAB)
     raise ValueError(f"unknown benchmark size {size!r}; use one of {', '.join(SIZES)}")

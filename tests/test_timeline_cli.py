@@ -9,9 +9,10 @@ import json
 import pytest
 
 from mmer_rt.cli import main
+from mmer_rt.timeline import read_transcript
 from mmer_rt.timeline_cli import SEGMENT_KEYS
 from test_recognizer_fixtures import tiny_export, tiny_model_dir  # noqa: F401
-from training.synth_call import write_call, write_rttm
+from training.synth_call import write_call, write_rttm, write_srt
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,23 @@ def test_json_lines_carry_the_segment_keys_and_speakers(capsys, call, tiny_model
     assert rows and all(tuple(row) == SEGMENT_KEYS for row in rows)
     assert {row["speaker"] for row in rows} == {t.speaker for t in turns}
     assert [row["start"] for row in rows] == sorted(row["start"] for row in rows)
+
+
+def test_a_timed_transcript_gives_segments_its_words(capsys, call, tiny_model_dir, tmp_path):
+    folder, turns = call
+    write_srt(tmp_path / "call.srt", turns)
+    status, out, _ = run(capsys, "timeline", folder / "call.wav", "--model", tiny_model_dir, "--transcript",
+                         tmp_path / "call.srt", "--json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    given = [row for row in rows if row["transcript_source"] == "given"]
+    assert status == 0 and len(given) >= 0.8 * len(rows)
+    said = " ".join(t.text for t in turns).lower()
+    assert all(row["transcript"].lower() in said for row in given)
+    # a 0.5 s window in which no word's middle falls reads the CTC transcript instead, and says so
+    middles = [(w.start + w.end) / 2 for w in read_transcript(tmp_path / "call.srt")]
+    for row in rows:
+        inside = any(row["start"] <= m < row["end"] for m in middles)
+        assert inside == (row["transcript_source"] == "given")
 
 
 def test_csv_and_text_and_the_chart(capsys, call, tiny_model_dir, tmp_path):

@@ -99,6 +99,17 @@ def write_rttm(path: str | Path, turns: Sequence[CallTurn], file_id: str = "call
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def write_srt(path: str | Path, turns: Sequence[CallTurn]) -> None:
+    """The turns' words as SRT cues, one per turn, as an ASR system's subtitles would give them."""
+    def clock(seconds: float) -> str:
+        hours, rest = divmod(seconds, 3600)
+        minutes, rest = divmod(rest, 60)
+        return f"{int(hours):02d}:{int(minutes):02d}:{rest:06.3f}".replace(".", ",")
+
+    cues = [f"{i}\n{clock(t.start)} --> {clock(t.end)}\n{t.text}\n" for i, t in enumerate(turns, start=1)]
+    Path(path).write_text("\n".join(cues), encoding="utf-8")
+
+
 def _write(out, speech: np.ndarray, channel: int | None, noise: float, rng: np.random.Generator) -> None:
     frames = np.zeros((len(speech), out.channels), np.float32)
     if channel is None:
