@@ -414,6 +414,7 @@ class _Lane:
                 self._region_start = max(a - self._pad, self._previous_end, 0)
                 self._speech_start, self._last_speech = a, b
                 self._span = _Span(self._region_start, self._speaker_at(a), self._region_start)
+                yield from self._turn_changes(a, b)  # a turn may begin inside the first chunk of speech
             return
         if probability >= self._neg:
             yield from self._turn_changes(self._last_speech, b)

@@ -4,7 +4,8 @@ Every turn's speech extent, speaker and emotion is known exactly, so a timeline'
 can be checked against them. A call is tiled from a few dozen clips read once, so an hour of call costs seconds and
 memory holds one turn, never the call.
 
-Usage: ``python -m training.synth_call --corpus DIR --out call.wav --minutes 10 [--stereo] [--rate 8000]``
+Usage: ``python -m training.synth_call --corpus DIR --out call.wav --minutes 10 [--stereo] [--rate 8000]`` (also
+writes call.rttm, the turns, and call.srt, their words)
 """
 
 from __future__ import annotations
@@ -152,7 +153,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     turns = write_call(args.out, args.corpus / "manifest.jsonl", 60 * args.minutes, args.seed,
                        sample_rate=args.rate, stereo=args.stereo)
     write_rttm(args.out.with_suffix(".rttm"), turns, args.out.stem)
-    print(f"wrote {args.out} ({args.minutes:g} min, {len(turns)} turns) and {args.out.with_suffix('.rttm')}")
+    write_srt(args.out.with_suffix(".srt"), turns)
+    print(f"wrote {args.out} ({args.minutes:g} min, {len(turns)} turns), its turns as "
+          f"{args.out.with_suffix('.rttm')} and its words as {args.out.with_suffix('.srt')}")
 
 
 if __name__ == "__main__":
