@@ -43,7 +43,8 @@ def plot_timeline(result: Timeline, out: str | Path, title: str | None = None) -
             if times and segment.start > times[-1] + 1e-6:
                 times.append(times[-1])
                 values.append(np.nan)
-            times += [segment.start, segment.end]
+            start = max(segment.start, times[-1]) if times else segment.start  # an overlap: drawn from its end
+            times += [start, segment.end]
             values += [segment.scores[label]] * 2
         top.plot(times, values, color=colours[label], lw=1.2, label=label)
     top.set_ylim(0, 1)
