@@ -112,6 +112,12 @@ def test_speakers_from_an_rttm_file_match_the_list(recognizer, call, call_timeli
     assert [s.to_dict() for s in from_file.segments] == pytest.approx([s.to_dict() for s in call_timeline.segments])
 
 
+def test_bytes_as_an_http_upload_gives_the_same_json(recognizer, call, call_timeline):
+    path, turns = call
+    result = timeline(recognizer, path.read_bytes(), speakers=[(t.start, t.end, t.speaker) for t in turns])
+    assert json.dumps(result.to_dict()) == json.dumps(call_timeline.to_dict())
+
+
 def test_resampled_stream_equals_the_whole_file_resampled(recognizer, synthetic_corpus, tmp_path):
     path = tmp_path / "call8k.wav"
     write_call(path, synthetic_corpus, 12.0, seed=5, sample_rate=8000)
