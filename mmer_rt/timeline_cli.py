@@ -36,13 +36,29 @@ def add_timeline_command(commands) -> None:
     command.add_argument("--plot", type=Path, metavar="OUT.png", help="draw the timeline (needs [plot])")
     command.add_argument("--window", type=float, help="window length in seconds (default: 6, at most the model's)")
     command.add_argument("--hop", type=float, help="step between windows in seconds (default: the window)")
-    command.add_argument("--smoothing", type=int, default=0,
+    command.add_argument("--smoothing", type=_non_negative_int, default=0,
                          help="average each segment's scores with this many neighbours each side (default 0: off)")
-    command.add_argument("--device", choices=DEVICES, default="auto")
-    command.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto")
-    command.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
-    command.add_argument("--batch-size", type=int, default=BatchBudget.max_items, help="most windows per batch")
+    command.add_argument("--device", choices=DEVICES, default="auto",
+                         help="auto: CUDA when onnxruntime offers it and it starts, else the CPU (default: %(default)s)")
+    command.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                         help="graphs to run; auto: fp16 on CUDA, int8 on the CPU, where the directory holds them, "
+                              "else fp32 (default: %(default)s)")
+    command.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
+    command.add_argument("--batch-size", type=_positive_int, default=BatchBudget.max_items,
+                         help="most windows per batch (default: %(default)s)")
     command.set_defaults(run=run_timeline)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return int(text)
 
 
 def run_timeline(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ there cannot go untested by oversight. Every block runs in the same fresh workin
                          neutral, sad; fp32 and int8 graphs; 0.5 s of audio at most)
     clip.wav a.wav b.wav b.flac
                          short 16 kHz noise clips standing for the user's audio files
+    call.wav call.rttm call.srt stereo.wav
+                         a 20 s synthetic call (training.synth_call), its turns and words; a stereo one
 
 A section needing something else adds it in the ``workdir`` fixture below (and says so in this list).
 """
@@ -90,12 +92,18 @@ FILES = [block for block in BLOCKS if block.option and block.option.startswith("
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tiny_model_dir) -> Path:
+def workdir(tmp_path_factory, tiny_model_dir, synthetic_corpus) -> Path:
     """The working folder every block runs in (see the module's docstring)."""
     folder = tmp_path_factory.mktemp("readme")
     shutil.copytree(tiny_model_dir, folder / "runs" / "demo" / "model")
     for seed, name in enumerate(("clip.wav", "a.wav", "b.wav", "b.flac")):
         soundfile.write(folder / name, noise(4_000 + 1_000 * seed, seed=seed), 16_000)
+    from training.synth_call import write_call, write_rttm, write_srt
+
+    turns = write_call(folder / "call.wav", synthetic_corpus, 20.0, seed=1)
+    write_rttm(folder / "call.rttm", turns, "call")
+    write_srt(folder / "call.srt", turns)
+    write_call(folder / "stereo.wav", synthetic_corpus, 20.0, seed=2, stereo=True)
     for block in FILES:
         (folder / block.option.split("=", 1)[1].strip()).write_text(block.text + "\n", encoding="utf-8")
     bin_dir = folder / ".readme-bin"
