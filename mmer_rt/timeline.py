@@ -51,7 +51,8 @@ class Segmentation:
         max_audio_samples. A region longer than this is cut into windows every ``hop`` seconds from its start;
         the last one ends at the region's end, overlapping its neighbour, so every window of a long region is
         full length. A region shorter than this is one window.
-      hop: the step between windows' starts; None: ``window`` (no overlap but the last window's).
+      hop: the step between windows' starts, at most ``window``; None: ``window`` (no overlap but the last
+        window's).
       threshold: a 32 ms chunk whose speech probability reaches this starts speech...
       neg_threshold: ...and speech goes on while the probability stays at or above this (Silero's hysteresis;
         None: ``threshold - 0.15``, as silero-vad's own get_speech_timestamps).
@@ -93,7 +94,9 @@ class Segmentation:
     def resolved(self, max_audio_seconds: float) -> "Segmentation":
         """This segmentation with window and hop filled in for a model that hears at most ``max_audio_seconds``."""
         window = min(self.window or DEFAULT_WINDOW_SECONDS, max_audio_seconds)
-        hop = min(self.hop or window, window)
+        hop = self.hop or window
+        if hop > window:  # windows would skip the audio between them
+            raise ValueError(f"Segmentation.hop ({hop} s) must not exceed the window ({window} s)")
         if window < self.min_speech:
             raise ValueError(f"Segmentation.window ({window} s) is shorter than min_speech ({self.min_speech} s)")
         neg = self.neg_threshold if self.neg_threshold is not None else max(self.threshold - 0.15, 0.01)
@@ -247,7 +250,7 @@ def timeline(
     return Timeline(
         duration=total / rate, labels=list(recognizer.labels), segments=segments, regions=regions,
         summary=_summary(segments, owned, recognizer.labels),
-        settings={key: value for key, value in asdict(params).items()},
+        settings=asdict(params),
     )
 
 

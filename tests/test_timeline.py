@@ -275,7 +275,9 @@ def test_smoothing_averages_each_speakers_neighbours(recognizer, call):
         assert segment.label == labels[int(np.argmax(expected))]
 
 
-def test_bad_segmentation_is_refused():
+def test_bad_segmentation_is_refused(recognizer):
+    with pytest.raises(ValueError, match="hop"):
+        timeline(recognizer, tone(1.0), RATE, segmentation=Segmentation(window=0.4, hop=0.45))
     for bad in (dict(window=0), dict(threshold=1.5), dict(max_gap=-1), dict(min_speech=0.01), dict(smoothing=-1),
                 dict(neg_threshold=0.9, threshold=0.5)):
         with pytest.raises(ValueError):
