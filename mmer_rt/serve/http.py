@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..errors import AudioError, MMERError, TextError
+from ..errors import AudioError, MMERError, TextError, TimelineError
 from ..recognizer import Prediction, Recognizer
 from .batcher import (
     AudioTooLongError, BatcherConfig, BatchReport, Batcher, QueueFullError, ShuttingDownError,
@@ -202,6 +202,23 @@ def create_app(target: Recognizer | Batcher, config: ServeConfig | None = None):
         prediction = await _unless_gone(request, batcher.predict(audio, text))
         return prediction_json(prediction)
 
+    @app.post("/v1/timeline", summary="The emotion timeline of a long recording (needs the [timeline] extra)",
+              responses=_ERROR_RESPONSES)
+    async def timeline_route(request: Request):
+        """The audio as a multipart file field ``audio``, with optional files ``rttm`` (speaker turns) and
+        ``transcript`` (timed words: .vtt, .srt or .json, told by its file name) and the field
+        ``channels_as_speakers`` ("true"); or as the raw body (``audio/*``, ``application/octet-stream``) with the
+        query ``channels_as_speakers=true``. Answers ``Timeline.to_dict()``: segments (start, end, speaker, label,
+        scores, transcript, transcript_source) in time order, speech regions, the per-speaker summary, settings.
+        Runs in a thread of its own, its windows batched under the Recognizer's budget, not the batcher's queue."""
+        from .timeline_inputs import timeline_inputs
+
+        async with timeline_inputs(request, RequestError, UnsupportedMediaTypeError) as inputs:
+            result = await _unless_gone(request, run_in_threadpool(
+                recognizer.timeline, inputs.audio, speakers=inputs.rttm, transcript=inputs.transcript,
+                channels_as_speakers=inputs.channels_as_speakers))
+        return result.to_dict()
+
     @app.get("/v2", summary="KServe v2 server metadata")
     async def server_metadata():
         return {"name": PLATFORM, "version": __version__, "extensions": ["binary_tensor_data"]}
@@ -272,7 +289,7 @@ def _status_of(error: MMERError) -> int:
         return 415
     if isinstance(error, RequestError):
         return 400
-    if isinstance(error, (AudioError, TextError)):
+    if isinstance(error, (AudioError, TextError, TimelineError)):
         return 422
     return 500  # BatchError, and anything unforeseen: the server's fault, not the request's
 
