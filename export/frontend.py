@@ -18,7 +18,7 @@ The later layers, by layout:
   so that cuBLAS runs them. onnxruntime 1.31's CUDA Conv builds them through the cuDNN frontend, and under
   ``cudnn_conv_algo_search=DEFAULT`` with cuDNN's fallback engines ("running in Fallback mode. May be extremely
   slow."); on an H100 the audio graph then ran at about 5% of the fp16 matrix rate (README). The positional
-  convolution (grouped, 128 taps) stays a Conv: as a MatMul its frames would take 128 times its input's memory.
+  convolution (grouped, 128 taps) is rewritten apart, as grouped MatMuls over chunks of taps (export/positional.py).
 """
 
 from __future__ import annotations

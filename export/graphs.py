@@ -6,6 +6,7 @@ ONNX input and output names come from there and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ from mmer_rt.modeldir import (
 from training.model import MMER
 
 from .frontend import FrontEnd
+from .positional import DEFAULT_TAPS_PER_CHUNK, ChunkedGroupedConv
+
+POSITIONAL_FORMS = ("conv", "matmul")
 
 # The legacy TorchScript exporter, chosen by measurement (export/DESIGN.md): onnxruntime's transformer optimizer
 # fuses Attention only on its graphs; on dynamo graphs it fused none.
@@ -31,19 +35,43 @@ class AudioGraph(nn.Module):
 
     The convolutional front end runs as export/frontend.py rewrites it (the first layer's GroupNorm folded), its
     later layers in ``layout``: "channels" (Conv, the CPU graphs) or "time" (MatMul, the fp16 graph for CUDA).
+    The positional convolution is ``positional``: "conv" (the model's own) or "matmul" (grouped MatMuls over chunks
+    of ``taps_per_chunk`` taps, export/positional.py: the fp16 graph, which then holds no Conv at all).
     """
 
-    def __init__(self, model: MMER, layout: str = "channels"):
+    def __init__(self, model: MMER, layout: str = "channels", positional: str = "conv",
+                 taps_per_chunk: int = DEFAULT_TAPS_PER_CHUNK):
         super().__init__()
+        if positional not in POSITIONAL_FORMS:
+            raise ValueError(f"positional form {positional!r} is not one of {', '.join(POSITIONAL_FORMS)}")
         self.front_end = FrontEnd(model.audio_encoder, layout)
         self.audio_encoder = model.audio_encoder
         self.ctc_head = model.ctc_head  # applied without its training-time dropout
+        encoder = model.audio_encoder.wav2vec2.encoder
+        self.positional = (ChunkedGroupedConv(encoder.pos_conv_embed, taps_per_chunk)
+                           if positional == "matmul" else None)
 
     def forward(self, input_values: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         sample_lengths = sample_mask.long().sum(-1)
         features = self.front_end(input_values, sample_lengths)
-        hidden_states, frame_mask = self.audio_encoder.encode_features(features, sample_lengths)
+        with self._positional_swapped():
+            hidden_states, frame_mask = self.audio_encoder.encode_features(features, sample_lengths)
         return hidden_states, frame_mask, self.ctc_head(hidden_states)
+
+    @contextlib.contextmanager
+    def _positional_swapped(self):
+        """The encoder's positional convolution replaced for this call only: the model is shared with the other
+        graphs' wrappers and with the CPU trace, which keep the Conv."""
+        if self.positional is None:
+            yield
+            return
+        encoder = self.audio_encoder.wav2vec2.encoder
+        own = encoder.pos_conv_embed
+        encoder.pos_conv_embed = self.positional
+        try:
+            yield
+        finally:
+            encoder.pos_conv_embed = own
 
 
 class TextGraph(nn.Module):

@@ -125,9 +125,11 @@ def _build(model: MMER, tokenizer_path: Path, probes: parity.ProbeSet, staging: 
     return manifest
 
 
-# The fp16 variant's audio graph is traced apart, its front end in the "time" layout (MatMul, not Conv, on CUDA:
-# export/frontend.py).
+# The fp16 variant's audio graph is traced apart with no Conv left: its front end in the "time" layout and its
+# positional convolution as grouped MatMuls over chunks of taps (cuBLAS, not cuDNN's fallback engines on CUDA:
+# export/frontend.py, export/positional.py).
 _GPU_AUDIO = "audio_encoder.time.onnx"
+GPU_AUDIO_FORM = {"layout": "time", "positional": "matmul"}
 
 
 def _trace(model: MMER, folder: Path, gpu: bool) -> None:
@@ -137,7 +139,7 @@ def _trace(model: MMER, folder: Path, gpu: bool) -> None:
         graphs.export_graph(export_model, spec, examples[spec.name], folder / f"{spec.name}.onnx")
     if gpu:
         audio = graphs.GRAPH_SPECS[0]
-        graphs.export_graph(export_model, audio, examples[audio.name], folder / _GPU_AUDIO, layout="time")
+        graphs.export_graph(export_model, audio, examples[audio.name], folder / _GPU_AUDIO, **GPU_AUDIO_FORM)
 
 
 def _fuse(model: MMER, traced: Path, fp32: Path, gpu: bool) -> dict[str, dict[str, dict[str, int]]]:

@@ -115,14 +115,26 @@ def test_int8_quantises_matmuls_and_attention_and_leaves_the_convolutions_in_fp3
     assert _ops_in(text, "")["QAttention"] == 2
 
 
-def test_fp16_runs_the_front_end_as_matmuls_and_the_cpu_graphs_as_conv(model_dir):
+def test_fp16_audio_graph_holds_no_conv_and_matches_fp32(model_dir):
     manifest = ModelManifest.read(model_dir)
     fp16 = model_dir / manifest.variants["fp16"].graphs["audio_encoder"].file
     fp32 = model_dir / manifest.variants["fp32"].graphs["audio_encoder"].file
-    # For CUDA the tiny front end's 2 later layers are MatMuls (cuBLAS), not Conv (cuDNN's fallback engines in
-    # onnxruntime 1.31); only the positional convolution stays a Conv. The CPU graphs keep the Conv layers.
-    assert _ops_in(fp16, "")["Conv"] == 1 and _ops_in(fp16, "/front_end/rest.")["MatMul"] == 2
+    # For CUDA no Conv at all (onnxruntime 1.31 runs CUDA Conv on cuDNN's fallback engines): the tiny front end's 2
+    # later layers are MatMuls, the positional convolution (16 taps, chunks of 16) one grouped MatMul. The CPU
+    # graphs keep the Conv layers: 2 in the front end and the positional one.
+    assert _ops_in(fp16, "")["Conv"] == 0 and _ops_in(fp16, "/front_end/rest.")["MatMul"] == 2
+    assert _ops_in(fp16, "/positional/")["MatMul"] == 1
     assert _ops_in(fp32, "")["Conv"] == 3 and _ops_in(fp32, "/front_end/rest.")["MatMul"] == 0
+    # Its outputs against the fp32 graph's (Conv) on the CPU provider, on a padded batch of loud and quiet rows.
+    rng = np.random.default_rng(3)
+    values, mask = pad_batch([rng.standard_normal(n).astype(np.float32) * scale
+                              for n, scale in ((16_000, 1.0), (5_000, 30.0), (700, 1e-3))])
+    feeds = {"input_values": values, "sample_mask": mask}
+    sessions = _sessions(model_dir, manifest, "fp16"), _sessions(model_dir, manifest, "fp32")
+    half, full = (s["audio_encoder"].run(None, feeds) for s in sessions)
+    assert np.array_equal(half[1], full[1])  # frame masks
+    for got, want in ((half[0], full[0]), (half[2], full[2])):
+        assert np.isfinite(got).all() and np.abs(got - want).max() < 2e-2 * np.abs(want).max()
 
 
 def test_fp32_audio_graph_has_the_group_norm_folded(model_dir):
