@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from .modeldir import (
     ModelManifest, verified_graph_path,
 )
 from .session import Graph, open_session, resolve_device
+from .shapes import ShapeBuckets, warm_up
 from .text import TEXT_CLEANING_RULE, TextTokenizer, clean_transcript, ctc_greedy_decode
 
 logger = logging.getLogger("mmer_rt")
@@ -106,6 +109,11 @@ class Recognizer:
         are batched under the same budget as utterances, so memory stays bounded however long the audio is.
     """
 
+    # Fixed shapes (mmer_rt/shapes.py), set by from_dir: the buckets batches are padded to (None: no padding), and
+    # what serialises batches when CUDA graphs replay on fixed buffers.
+    shapes: ShapeBuckets | None = None
+    _batch_lock = contextlib.nullcontext()
+
     def __init__(
         self, model_dir: Path, manifest: ModelManifest, graphs: dict[str, Graph], tokenizer: TextTokenizer,
         device: str, precision: str, batch_budget: BatchBudget, long_audio: str,
@@ -124,6 +132,7 @@ class Recognizer:
     def from_dir(
         cls, path: str | Path, device: str = "auto", precision: str = "auto", threads: int | None = None,
         batch_budget: BatchBudget | None = None, long_audio: str = "truncate",
+        shapes: ShapeBuckets | str | None = "auto", cuda_graphs: bool = False,
     ) -> "Recognizer":
         """Load a model directory written by ``python -m export.to_onnx``.
 
@@ -136,6 +145,11 @@ class Recognizer:
           threads: onnxruntime intra-op threads on the CPU (None: one per core).
           batch_budget: the most one graph run may take (items and seconds of padded audio).
           long_audio: ``"truncate"`` or ``"window"``; see the class docstring.
+          shapes: fixed shapes for the GPU (mmer_rt/shapes.py): ``"auto"`` pads batches to
+            ``ShapeBuckets.for_model``'s buckets on CUDA and not on the CPU, None never, or the buckets to use.
+            Answers are the same either way (padding is masked).
+          cuda_graphs: capture each bucket's shape as a CUDA graph and replay it (CUDA only; needs ``shapes``;
+            see :meth:`warmup`). Off by default until measured on a GPU.
 
         Raises:
           ModelDirError: a missing or unusable directory, manifest, tokenizer or graph, an unknown manifest
@@ -154,8 +168,10 @@ class Recognizer:
         _check_manifest(model_dir, manifest)
         tokenizer = _load_tokenizer(model_dir, manifest)
         resolved = resolve_device(device)
+        if cuda_graphs and resolved != "cuda":
+            raise DeviceError(f"cuda_graphs=True needs the CUDA device; device={device!r} resolved to {resolved!r}")
         try:
-            chosen, graphs = _load_variant(model_dir, manifest, resolved, precision, threads)
+            chosen, graphs = _load_variant(model_dir, manifest, resolved, precision, threads, cuda_graphs)
         except DeviceError as error:
             if device != "auto":
                 raise
@@ -166,8 +182,33 @@ class Recognizer:
             chosen, graphs = _load_variant(model_dir, manifest, resolved, precision, threads)
         _probe(model_dir, manifest, graphs, tokenizer)
         logger.info("mmer_rt: %s on %s, %s precision", model_dir, resolved, chosen)
-        return cls(model_dir, manifest, graphs, tokenizer, resolved, chosen, batch_budget or BatchBudget(),
-                   long_audio)
+        recognizer = cls(model_dir, manifest, graphs, tokenizer, resolved, chosen, batch_budget or BatchBudget(),
+                         long_audio)
+        recognizer._fix_shapes(shapes, cuda_graphs)
+        return recognizer
+
+    def _fix_shapes(self, shapes: ShapeBuckets | str | None, cuda_graphs: bool) -> None:
+        if shapes == "auto":
+            shapes = None if self.device != "cuda" else ShapeBuckets.for_model(
+                self.batch_budget.max_items, self.manifest.max_audio_samples, self.manifest.sample_rate,
+                self._tokenizer.max_tokens)
+        if shapes is not None and not isinstance(shapes, ShapeBuckets):
+            raise ValueError(f"shapes must be 'auto', None or a ShapeBuckets; got {shapes!r}")
+        if cuda_graphs and shapes is None:
+            raise ValueError("cuda_graphs=True needs fixed shapes: give shapes='auto' or a ShapeBuckets")
+        self.shapes = shapes
+        if cuda_graphs:
+            self._batch_lock = threading.Lock()
+
+    def warmup(self) -> int:
+        """Run every bucket's shape through the three graphs ahead of traffic (three times each under CUDA
+        graphs, so that each is captured); returns how many (rows, samples, tokens) shapes ran. Without fixed
+        shapes there is nothing to run: 0."""
+        if self.shapes is None:
+            return 0
+        runs = 3 if self._graphs["audio_encoder"].captured is not None else 1
+        with self._batch_lock:
+            return warm_up(self._graphs, self.shapes, self._tokenizer.pad_id, runs)
 
     @property
     def providers(self) -> list[str]:
@@ -319,7 +360,8 @@ class Recognizer:
         while batches:
             batch = batches.pop()
             try:
-                batch_probabilities, batch_transcripts = self._run_batch([pieces[i] for i in batch])
+                with self._batch_lock:
+                    batch_probabilities, batch_transcripts = self._run_batch([pieces[i] for i in batch])
             except InferenceError as error:
                 owners = sorted({pieces[i].owner for i in batch})
                 if errors == "raise":
@@ -339,6 +381,8 @@ class Recognizer:
     def _run_batch(self, pieces: Sequence[_Piece]) -> tuple[np.ndarray, list[str]]:
         """Audio graph, transcripts, text graph, fusion graph, softmax, for one batch."""
         values, sample_mask = pad_batch([piece.waveform for piece in pieces])
+        if self.shapes is not None:
+            values, sample_mask = self.shapes.pad_audio(values, sample_mask)
         need_ctc = any(piece.text is None for piece in pieces)
         audio = self._graphs["audio_encoder"].run(
             {"input_values": values, "sample_mask": sample_mask},
@@ -352,6 +396,9 @@ class Recognizer:
             for row, piece in enumerate(pieces)
         ]
         encoded = self._tokenizer.encode_batch(transcripts)
+        if self.shapes is not None:
+            encoded = type(encoded)(*self.shapes.pad_text(encoded.input_ids, encoded.attention_mask,
+                                                          self._tokenizer.pad_id))
         text = self._graphs["text_encoder"].run(
             {"input_ids": encoded.input_ids, "attention_mask": encoded.attention_mask},
             device_outputs=("token_embeddings",),
@@ -361,7 +408,7 @@ class Recognizer:
              "token_embeddings": text["token_embeddings"], "attention_mask": encoded.attention_mask},
             host_outputs=("logits",),
         )
-        return _softmax(fusion["logits"]), transcripts
+        return _softmax(fusion["logits"][: len(pieces)]), transcripts
 
     def _combine(
         self, rows: list[int], probabilities: np.ndarray, transcripts: list[str], given: bool, duration: float,
@@ -474,6 +521,7 @@ def _choose_precision(model_dir: Path, manifest: ModelManifest, device: str, pre
 
 def _load_variant(
     model_dir: Path, manifest: ModelManifest, device: str, precision: str, threads: int | None,
+    cuda_graphs: bool = False,
 ) -> tuple[str, dict[str, Graph]]:
     chosen = _choose_precision(model_dir, manifest, device, precision)
     contract = {
@@ -484,8 +532,9 @@ def _load_variant(
     graphs = {}
     for name, (inputs, outputs) in contract.items():
         path = verified_graph_path(model_dir, manifest.variants[chosen].graphs[name])
-        session = open_session(path, device, threads)
-        graphs[name] = Graph(session, name, inputs, outputs, bind_device="cuda" if device == "cuda" else None)
+        session = open_session(path, device, threads, cuda_graph=cuda_graphs)
+        graphs[name] = Graph(session, name, inputs, outputs, bind_device="cuda" if device == "cuda" else None,
+                             cuda_graphs=cuda_graphs)
     return chosen, graphs
 
 

@@ -63,15 +63,18 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
-def open_session(path: str | Path, device: str, threads: int | None = None) -> ort.InferenceSession:
-    """Load one graph on ``"cpu"`` or ``"cuda"``.
+def open_session(path: str | Path, device: str, threads: int | None = None,
+                 cuda_graph: bool = False) -> ort.InferenceSession:
+    """Load one graph on ``"cpu"`` or ``"cuda"``; ``cuda_graph`` enables onnxruntime's CUDA graphs (CUDA only:
+    mmer_rt/cudagraphs.py).
 
     Raises:
       ModelDirError: onnxruntime cannot load the file.
       DeviceError: CUDA was asked for but the session did not start on it (onnxruntime falls back to the CPU
         with no more than a log line, so the session's own providers are checked).
     """
-    providers = [(CUDA_PROVIDER, CUDA_OPTIONS), CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
+    cuda_options = {**CUDA_OPTIONS, **({"enable_cuda_graph": "1"} if cuda_graph else {})}
+    providers = [(CUDA_PROVIDER, cuda_options), CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
     try:
         session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
     except Exception as error:  # onnxruntime's own exception types share no base class but Exception
@@ -89,17 +92,23 @@ class Graph:
     """One graph's session, checked against the graph contract, with runs that can keep outputs on the device.
 
     On CUDA every run goes through IOBinding: outputs named in ``device_outputs`` stay in GPU memory as
-    OrtValues and can be fed to the next graph without a trip through the host.
+    OrtValues and can be fed to the next graph without a trip through the host. With ``cuda_graphs`` (a session
+    opened with ``cuda_graph=True``) each input shape is captured once and replayed (mmer_rt/cudagraphs.py).
     """
 
     def __init__(
         self, session: ort.InferenceSession, name: str, inputs: Sequence[str], outputs: Sequence[str],
-        bind_device: str | None = None,
+        bind_device: str | None = None, cuda_graphs: bool = False,
     ):
         self.session = session
         self.name = name
         self.bind_device = bind_device
         _check_contract(session, name, inputs, outputs)
+        self.captured = None
+        if cuda_graphs:
+            from .cudagraphs import CapturedRuns
+
+            self.captured = CapturedRuns(session, bind_device or "cuda")
 
     def run(
         self, feeds: Mapping[str, Feed], host_outputs: Sequence[str] = (), device_outputs: Sequence[str] = (),
@@ -117,6 +126,8 @@ class Graph:
             raise InferenceError(f"the {self.name} graph failed: {error}") from error
 
     def _run(self, feeds: Mapping[str, Feed], host_outputs: Sequence[str], device_outputs: Sequence[str]):
+        if self.captured is not None:
+            return self.captured.run(feeds, host_outputs, device_outputs)
         if self.bind_device is None:
             names = [*host_outputs, *device_outputs]
             return dict(zip(names, self.session.run(names, dict(feeds))))
