@@ -5,16 +5,18 @@
 Writes DIR/gpu_profile.md (and .json), section by section as each is measured, so a run stopped by a time limit
 still leaves what it measured. On one machine, in one run:
 
-1. Stages of one ``predict_batch`` call: host work (decoding checks, normalisation, padding, tokenising,
-   CTC/softmax) and each graph's run, against the PyTorch fp16-autocast reference on the same workload.
-2. The audio graph alone, A/B: the exported one (on CUDA its front end as time-major MatMuls) and the same model
-   traced with the other front-end layout (Conv), each under the CUDA provider's convolution options: ours
-   (cudnn_conv_algo_search=DEFAULT), HEURISTIC, EXHAUSTIVE, 1-D convolutions padded as N,C,1,D, and NHWC. Timed
-   in interleaved rounds after a warm-up, so that a busy moment slows every variant alike; a combination that
-   fails is recorded as refused, with the reason.
-3. The GPU kernels that take the time (torch.profiler, which records every kernel in the process through CUPTI,
-   onnxruntime's included): the audio graph in both layouts with our options, and the PyTorch reference's audio
-   encoder.
+1. Stages of one ``predict_batch`` call, for each Recognizer setting: fixed shapes (batches padded to length
+   buckets, mmer_rt/shapes.py), dynamic shapes, and on CUDA fixed shapes with a CUDA graph captured per shape
+   (mmer_rt/cudagraphs.py); host work (decoding checks, normalisation, padding, tokenising, CTC/softmax) and each
+   graph's run, against the PyTorch fp16-autocast reference on the same workload; what ``warmup()`` costs each.
+2. The audio graph alone, A/B: the exported one (on CUDA no Conv at all: front end and positional convolution as
+   MatMuls) against the same model traced with the positional convolution as Conv, and with every convolution as
+   Conv (the CPU graphs' form), the Conv forms under the CUDA provider's convolution options: ours
+   (cudnn_conv_algo_search=DEFAULT), HEURISTIC and EXHAUSTIVE. Timed in interleaved rounds after a warm-up, so
+   that a busy moment slows every variant alike; a combination that fails is recorded as refused, with the reason.
+3. The positional convolution alone (base size): Conv, 16-tap chunks, all taps unfolded (benchmarks/positional.py).
+4. The GPU kernels that take the time (torch.profiler, which records every kernel in the process through CUPTI,
+   onnxruntime's included): the shipped audio graph and the PyTorch reference's audio encoder.
 
 Without CUDA it runs on the CPU provider (one option set, CPU activities only): a rehearsal of the code path,
 not a GPU measurement. Nothing here is asserted; it records.
@@ -39,6 +41,7 @@ from mmer_rt.modeldir import AUDIO_INPUTS, AUDIO_OUTPUTS, ModelManifest
 from mmer_rt.recognizer import Recognizer
 from mmer_rt.session import Graph
 
+from . import positional
 from .artifacts import Artifacts
 from .micro import interleaved_rounds
 from .workload import make_workload
@@ -47,8 +50,6 @@ CUDA_VARIANTS = {
     "ours (DEFAULT)": {"cudnn_conv_algo_search": "DEFAULT"},
     "HEURISTIC": {"cudnn_conv_algo_search": "HEURISTIC"},
     "EXHAUSTIVE": {"cudnn_conv_algo_search": "EXHAUSTIVE"},
-    "conv1d as N,C,1,D": {"cudnn_conv_algo_search": "DEFAULT", "cudnn_conv1d_pad_to_nc1d": "1"},
-    "NHWC": {"cudnn_conv_algo_search": "DEFAULT", "prefer_nhwc": "1"},
 }
 CPU_VARIANTS = {"cpu": None}  # without CUDA: the rehearsal's one "option set"
 GRAPHS = ("audio_encoder", "text_encoder", "fusion")
@@ -85,12 +86,6 @@ def cuda_options(options: dict | None):
         yield
     finally:
         rt_session.CUDA_OPTIONS = saved
-
-
-def recognizer(model_dir: Path, device: str, options: dict | None) -> Recognizer:
-    with cuda_options(options):
-        return Recognizer.from_dir(model_dir, device=device, precision="fp16" if device == "cuda" else "fp32",
-                                   batch_budget=BatchBudget(max_items=1024, max_seconds=None))
 
 
 def timed_graphs(rec: Recognizer) -> dict[str, list[float]]:
@@ -131,9 +126,10 @@ def stages(rec: Recognizer, reference, items, rounds: int) -> dict:
     return row
 
 
-def audio_graph_in_layout(artifacts: Artifacts, layout: str, fp16: bool, folder: Path) -> Path:
-    """The artifacts' audio graph traced with its front end in ``layout`` and fused as the export fuses it (fp16
-    with SkipLayerNormalization for CUDA, else fp32 for the CPU): the A/B partner of the exported one."""
+def audio_graph_in_layout(artifacts: Artifacts, form: dict, fp16: bool, folder: Path) -> Path:
+    """The artifacts' audio graph traced in ``form`` (export.graphs.AudioGraph's ``layout`` and ``positional``)
+    and fused as the export fuses it (fp16 with SkipLayerNormalization for CUDA, else fp32 for the CPU): an A/B
+    partner of the exported one."""
     import shutil
 
     from export import graphs, precision
@@ -144,7 +140,7 @@ def audio_graph_in_layout(artifacts: Artifacts, layout: str, fp16: bool, folder:
     model = graphs.exportable_copy(artifacts.load_torch_model())
     spec = graphs.GRAPH_SPECS[0]
     traced = graphs.export_graph(model, spec, graphs.example_inputs(model)[spec.name], folder / "traced.onnx",
-                                 layout=layout)
+                                 **form)
     fused = folder / "fused.onnx"
     fuse_encoder(model, spec.name, traced, fused, gpu=fp16)
     return precision.to_fp16(fused, folder / "fp16.onnx") if fp16 else fused
@@ -186,6 +182,28 @@ def top_kernels(run, steps: int, cuda: bool, limit: int = 15) -> list[str]:
     return lines
 
 
+def recognizer_variants(model_dir: Path, device: str, batches: list[int]) -> dict[str, dict]:
+    """The Recognizer settings section 1 compares: fixed shapes (the buckets a server sized for these batches would
+    use), dynamic shapes, and on CUDA fixed shapes with a CUDA graph per shape."""
+    from .routes import bench_shapes
+
+    shapes = bench_shapes(model_dir)
+    shapes = type(shapes)(rows=tuple(sorted(set(batches))), samples=shapes.samples, tokens=shapes.tokens)
+    variants = {"fixed shapes": {"shapes": shapes}, "dynamic shapes": {"shapes": None}}
+    if device == "cuda":
+        variants["fixed shapes + CUDA graphs"] = {"shapes": shapes, "cuda_graphs": True}
+    return variants
+
+
+def audio_layouts(cuda: bool) -> dict[str, dict]:
+    """The audio graph's forms section 2 builds beside the shipped one (export.graphs.AudioGraph options)."""
+    if cuda:  # shipped: front end and positional convolution as MatMuls, no Conv at all
+        return {"positional as Conv": {"layout": "time", "positional": "conv"},
+                "all Conv (CPU graphs' form)": {"layout": "channels", "positional": "conv"}}
+    # shipped on the CPU: all Conv
+    return {"no Conv (fp16 graph's form)": {"layout": "time", "positional": "matmul"}}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -220,36 +238,54 @@ def main(argv=None) -> None:
     tokenizer = artifacts.tokenizer()
     workloads = {b: make_workload(args.seconds, b, tokenizer) for b in batches}
     variants = CUDA_VARIANTS if cuda else CPU_VARIANTS
+    ours_options = next(iter(variants.values()))
 
-    # 1. Stages, with our options, against the PyTorch reference.
-    ours = recognizer(model_dir, device, next(iter(variants.values())))
-    # Every core for both, as the Recognizer's threads=None takes them.
+    # 1. Stages of a call, per Recognizer setting, against the PyTorch reference; and what warming up costs.
     reference_route = build_route("pytorch-sdpa-fp16" if cuda else "pytorch-sdpa", artifacts, os.cpu_count() or 1)
-    lines = [f"| batch | total | host | audio graph | text graph | fusion graph | PyTorch {'fp16' if cuda else 'fp32'} "
-             "end to end |",
-             "|---|---|---|---|---|---|---|"]
-    data = {}
-    for batch, workload in workloads.items():
-        items = list(zip(workload.waveforms, workload.transcripts))
-        row = stages(ours, lambda w=workload: reference_route.run(w), items, args.rounds)
-        data[batch] = row
-        lines.append(f"| {batch} | {row['total']} | {row['host']} | {row['audio_encoder']} | {row['text_encoder']} "
-                     f"| {row['fusion']} | {row.get('pytorch')} |")
-    report.section("Stages of one predict_batch call (ms)", lines, data)
+    lines = [f"| Recognizer | batch | total | host | audio graph | text graph | fusion graph | PyTorch "
+             f"{'fp16' if cuda else 'fp32'} end to end |", "|---|---|---|---|---|---|---|---|"]
+    data, warmups, recognizers = {}, [], {}
+    for label, settings in recognizer_variants(model_dir, device, batches).items():
+        try:
+            with cuda_options(ours_options):
+                rec = Recognizer.from_dir(model_dir, device=device, precision=precision,
+                                          batch_budget=BatchBudget(max_items=1024, max_seconds=None), **settings)
+            begun = time.perf_counter()
+            shapes = rec.warmup()
+            warmups.append(f"- {label}: warmup ran {shapes} shapes in {time.perf_counter() - begun:.1f} s")
+        except Exception as error:  # e.g. a graph onnxruntime will not capture: a finding, not a crash
+            warmups.append(f"- {label}: refused: {type(error).__name__}: {error}"[:400])
+            continue
+        recognizers[label] = rec
+        for batch, workload in workloads.items():
+            items = list(zip(workload.waveforms, workload.transcripts))
+            try:
+                row = stages(rec, lambda w=workload: reference_route.run(w), items, args.rounds)
+            except Exception as error:
+                lines.append(f"| {label} | {batch} | failed: {type(error).__name__}: {error} |"[:400])
+                continue
+            data[f"{label}, b{batch}"] = row
+            lines.append(f"| {label} | {batch} | {row['total']} | {row['host']} | {row['audio_encoder']} | "
+                         f"{row['text_encoder']} | {row['fusion']} | {row.get('pytorch')} |")
+    report.section("Stages of one predict_batch call (ms)", lines + [""] + warmups, {"stages": data,
+                                                                                    "warmup": warmups})
 
-    # 2. The audio graph alone: front-end layouts (the model directory's, and the other one built here) under each
-    #    set of provider options, in interleaved rounds.
+    # 2. The audio graph alone: the shipped form against the others, each under the provider's convolution options
+    #    (the shipped CUDA form has no Conv, so only ours), in interleaved rounds.
     shipped = model_dir / ModelManifest.read(model_dir).variants[precision].graphs["audio_encoder"].file
-    layouts = {"shipped": shipped}
-    try:
-        layouts["other layout"] = audio_graph_in_layout(artifacts, "channels" if cuda else "time", cuda,
-                                                        args.out.parent / f".{args.out.name}-layout")
-    except Exception as error:
-        report.section("Other front-end layout", [f"- not built: {type(error).__name__}: {error}"[:400]], {})
+    paths = {"shipped": shipped}
+    for label, form in audio_layouts(cuda).items():
+        try:
+            paths[label] = audio_graph_in_layout(artifacts, form, cuda,
+                                                 args.out.parent / f".{args.out.name}-{form['layout']}-{form['positional']}")
+        except Exception as error:
+            report.section(f"Audio graph form {label}", [f"- not built: {type(error).__name__}: {error}"[:400]], {})
     graphs, errors = {}, {}
-    for layout, path in layouts.items():
+    for label, path in paths.items():
         for name, options in variants.items():
-            key = f"{layout}, {name}"
+            if cuda and label == "shipped" and options is not ours_options:
+                continue  # no Conv: the convolution options change nothing
+            key = f"{label}, {name}"
             try:
                 with cuda_options(options):
                     session = rt_session.open_session(path, device)
@@ -272,36 +308,34 @@ def main(argv=None) -> None:
                 continue
             calls[key] = call
         data[batch] = {key: ms(value) for key, value in interleaved_rounds(calls, args.rounds).items()}
-    lines = ["| front end, options | " + " | ".join(f"b{b}" for b in batches) + " |",
+    lines = ["| form, options | " + " | ".join(f"b{b}" for b in batches) + " |",
              "|---|" + "---|" * len(batches)]
-    for key in (f"{layout}, {name}" for layout in layouts for name in variants):
+    for key in list(graphs) + [k for k in errors if k not in graphs]:
         if key in errors:
             lines.append(f"| {key} | refused: {errors[key]} |" + " |" * (len(batches) - 1))
         else:
             lines.append(f"| {key} | " + " | ".join(str(data[b].get(key)) for b in batches) + " |")
-    lines.append("")
-    lines.append(f"- shipped: `{shipped.relative_to(model_dir)}` (front end "
-                 f"{'time-major MatMuls' if cuda else 'Conv'}); other layout: the same model traced with the front "
-                 f"end {'as Conv' if cuda else 'as time-major MatMuls'}")
+    lines += ["", f"- shipped: `{shipped.relative_to(model_dir)}` ("
+              f"{'no Conv: front end and positional convolution as MatMuls' if cuda else 'Conv front end'})"]
     report.section(f"Audio graph alone, {args.seconds} s clips (ms)", lines, {"times": data, "refused": errors})
 
-    # 3. Kernels.
+    # 3. The positional convolution alone, in each form (benchmarks/positional.py): which chunk size.
+    if args.size == "base":
+        try:
+            lines = positional.measure(device, args.seconds, batches, args.rounds)
+        except Exception as error:
+            lines = [f"- failed: {type(error).__name__}: {error}"[:400]]
+        report.section("Positional convolution alone", lines, lines)
+
+    # 4. Kernels.
     batch = max(batches)
     feeds = audio_feeds(workloads[batch])
-    graph = ours._graphs["audio_encoder"]
     steps = 3
-    kernel_lines = [f"Audio graph, our options, {args.seconds} s x {batch}:", ""]
+    kernel_lines = [f"Audio graph as shipped, our options, {args.seconds} s x {batch}:", ""]
     try:
-        kernel_lines += top_kernels(audio_run(graph, feeds), steps, cuda)
+        kernel_lines += top_kernels(audio_run(graphs[f"shipped, {next(iter(variants))}"], feeds), steps, cuda)
     except Exception as error:
         kernel_lines.append(f"- profiler failed: {type(error).__name__}: {error}")
-    other = graphs.get(f"other layout, {next(iter(variants))}")
-    if other is not None:
-        kernel_lines += ["", f"Audio graph in the other front-end layout, our options, {args.seconds} s x {batch}:", ""]
-        try:
-            kernel_lines += top_kernels(audio_run(other, feeds), steps, cuda)
-        except Exception as error:
-            kernel_lines.append(f"- profiler failed: {type(error).__name__}: {error}")
     kernel_lines += ["", f"PyTorch reference audio encoder (fp16 autocast where CUDA), {args.seconds} s x {batch}:", ""]
     try:
         from .reference import TorchReference

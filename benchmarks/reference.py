@@ -32,11 +32,15 @@ class TorchReference:
     """One MMER model run by PyTorch with a chosen attention implementation, device and autocast dtype."""
 
     def __init__(self, model: MMER, attn_implementation: str = "sdpa", device: str = "cpu",
-                 autocast_dtype: torch.dtype | None = None):
+                 autocast_dtype: torch.dtype | None = None, compile_backend: str | None = None):
         model.set_attn_implementation(attn_implementation)
         self.model = model.eval().to(device)
         self.device = torch.device(device)
         self.autocast_dtype = autocast_dtype
+        # torch.compile's peer: the whole forward compiled once with dynamic shapes (speech has a new length in
+        # almost every batch; static shapes would recompile for each).
+        self._forward = self._eager_forward if compile_backend is None else \
+            torch.compile(self._eager_forward, backend=compile_backend, dynamic=True)
 
     def prepare(self, workload: Workload, tokenizer) -> ReferenceInputs:
         values, sample_mask = pad_batch(list(workload.waveforms))
@@ -47,13 +51,17 @@ class TorchReference:
     @torch.no_grad()  # not inference_mode: under FlopCounterMode it breaks the weight-norm parametrisation
     def logits(self, inputs: ReferenceInputs) -> torch.Tensor:
         with self._autocast():
-            hidden_states, frame_mask = self.model.audio_encoder(inputs.input_values, inputs.sample_mask)
-            # The runtime's audio graph computes the CTC head too (for transcripts); count its cost here as well.
-            self.model.ctc_head(hidden_states)
-            token_embeddings = self.model.text_encoder(inputs.input_ids, inputs.attention_mask)
-            logits, _ = self.model.fusion(hidden_states, frame_mask, token_embeddings, inputs.attention_mask)
+            logits = self._forward(inputs)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        return logits
+
+    def _eager_forward(self, inputs: ReferenceInputs) -> torch.Tensor:
+        hidden_states, frame_mask = self.model.audio_encoder(inputs.input_values, inputs.sample_mask)
+        # The runtime's audio graph computes the CTC head too (for transcripts); count its cost here as well.
+        self.model.ctc_head(hidden_states)
+        token_embeddings = self.model.text_encoder(inputs.input_ids, inputs.attention_mask)
+        logits, _ = self.model.fusion(hidden_states, frame_mask, token_embeddings, inputs.attention_mask)
         return logits
 
     def probabilities(self, inputs: ReferenceInputs) -> np.ndarray:

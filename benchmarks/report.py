@@ -19,8 +19,11 @@ from .routes import CPU_ROUTES, GPU_ROUTES, PYTORCH_PREFIX
 # The issue's targets, reported and never asserted: (route, minimum speed-up, minimum top-1 agreement).
 TARGETS = (("mmer-rt-fp32", 1.25, None), ("mmer-rt-int8", 2.0, 0.99))
 PEER_FOR = {"mmer-rt-fp32": "optimum-fp32", "mmer-rt-int8": "optimum-int8"}
-# On the GPU (measured against an H100): a 5 s clip alone within 5 ms, and 3,000 utterances/s at 5 s.
-GPU_ROUTE, GPU_TARGET_CLIP, GPU_MAX_LATENCY_MS, GPU_MIN_THROUGHPUT = "mmer-rt-fp16", 5.0, 5.0, 3000.0
+# On the GPU (issue 17, for the H200): a 5 s clip alone within 3 ms end to end, 5,000 utterances/s at 5 s, and
+# 1.5x the fastest PyTorch route (eager fp16 autocast or torch.compile) in the geometric mean over the table; judged
+# for each of the Recognizer's GPU routes present.
+GPU_ROUTES_JUDGED = ("mmer-rt-fp16", "mmer-rt-fp16-cudagraphs")
+GPU_TARGET_CLIP, GPU_MAX_LATENCY_MS, GPU_MIN_THROUGHPUT, GPU_MIN_SPEEDUP = 5.0, 3.0, 5000.0, 1.5
 COLUMNS = (
     ("route", "route", "{}"), ("p50 ms", "latency_p50_ms", "{:.1f}"), ("p90 ms", "latency_p90_ms", "{:.1f}"),
     ("p99 ms", "latency_p99_ms", "{:.1f}"), ("utt/s", "utterances_per_s", "{:.2f}"), ("RTFx", "rtfx", "{:.1f}"),
@@ -110,24 +113,32 @@ def target_lines(cases: list[dict], device: str = "cpu") -> list[str]:
 
 
 def _gpu_target_lines(cases: list[dict]) -> list[str]:
-    mine = [c for c in cases if c["route"] == GPU_ROUTE and c["device"] == "cuda"]
-    if not mine:
-        return [f"- {GPU_ROUTE}: not in this run"]
     lines = []
-    mean = geometric_mean_speedup(cases, GPU_ROUTE, "cuda")
+    for route in GPU_ROUTES_JUDGED:
+        lines += _gpu_route_target_lines(cases, route)
+    return lines
+
+
+def _gpu_route_target_lines(cases: list[dict], route: str) -> list[str]:
+    mine = [c for c in cases if c["route"] == route and c["device"] == "cuda"]
+    if not mine:
+        return [f"- {route}: not in this run"]
+    lines = []
+    mean = geometric_mean_speedup(cases, route, "cuda")
     if mean is not None:
-        lines.append(f"- {GPU_ROUTE}: {mean:.2f}x the fastest PyTorch on the GPU (geometric mean over {len(mine)} "
-                     f"cases); lowest top-1 agreement {min(c['top1_agreement'] for c in mine):.0%}")
+        lines.append(f"- {route}: {mean:.2f}x the fastest PyTorch on the GPU (geometric mean over {len(mine)} "
+                     f"cases); target at least {GPU_MIN_SPEEDUP:g}x: {'met' if mean >= GPU_MIN_SPEEDUP else 'not met'}"
+                     f"; lowest top-1 agreement {min(c['top1_agreement'] for c in mine):.0%}")
     alone = [c for c in mine if c["clip_seconds"] == GPU_TARGET_CLIP and c["batch_size"] == 1]
     if alone:
         latency = alone[0]["latency_p50_ms"]
-        lines.append(f"- {GPU_ROUTE}: a {GPU_TARGET_CLIP:g} s clip alone in {latency:.1f} ms (p50); target at most "
+        lines.append(f"- {route}: a {GPU_TARGET_CLIP:g} s clip alone in {latency:.1f} ms (p50); target at most "
                      f"{GPU_MAX_LATENCY_MS:g} ms: {'met' if latency <= GPU_MAX_LATENCY_MS else 'not met'}")
     at_clip = [c for c in mine if c["clip_seconds"] == GPU_TARGET_CLIP]
     if at_clip:
         best = max(at_clip, key=lambda c: c["utterances_per_s"])
         rate = best["utterances_per_s"]
-        lines.append(f"- {GPU_ROUTE}: {rate:,.0f} utterances/s at {GPU_TARGET_CLIP:g} s (batch {best['batch_size']}); "
+        lines.append(f"- {route}: {rate:,.0f} utterances/s at {GPU_TARGET_CLIP:g} s (batch {best['batch_size']}); "
                      f"target at least {GPU_MIN_THROUGHPUT:,.0f}: {'met' if rate >= GPU_MIN_THROUGHPUT else 'not met'}")
     return lines
 

@@ -2,7 +2,10 @@
 
     pytorch-eager / pytorch-sdpa     the reference model in PyTorch fp32 (eager or scaled_dot_product attention)
     pytorch-sdpa-fp16                the same under fp16 autocast, on CUDA
-    mmer-rt-fp32 / -int8 / -fp16     mmer_rt.Recognizer end to end (fp16 on CUDA with IOBinding)
+    pytorch-compile-fp16             the same, its forward through torch.compile (dynamic shapes), on CUDA
+    mmer-rt-fp32 / -int8 / -fp16     mmer_rt.Recognizer end to end (fp16 on CUDA with IOBinding, batches padded to
+                                     its length buckets: mmer_rt/shapes.py)
+    mmer-rt-fp16-cudagraphs          the same with a CUDA graph captured per bucket (warmed up before timing)
     optimum-fp32 / optimum-int8      the peer: optimum-onnx's exports of the same encoders, our fp32 fusion graph
 
 Every route is timed end to end from raw waveforms and transcripts, preprocessing included, since that is what a
@@ -24,9 +27,10 @@ from .flops import audio_frames
 from .workload import Workload
 
 CPU_ROUTES = ("pytorch-eager", "pytorch-sdpa", "mmer-rt-fp32", "mmer-rt-int8", "optimum-fp32", "optimum-int8")
-GPU_ROUTES = ("pytorch-sdpa-fp16", "mmer-rt-fp16")
+GPU_ROUTES = ("pytorch-sdpa-fp16", "pytorch-compile-fp16", "mmer-rt-fp16", "mmer-rt-fp16-cudagraphs")
 PYTORCH_PREFIX = "pytorch-"
 MAX_BATCH = 128  # the largest batch any case runs (suite.py): the Recognizer route runs it as one batch
+GPU_BATCH_ROWS = (1, 4, 8, 32, 128)  # row buckets on the GPU: the suite's GPU batches, and 4 for the quick suite
 
 
 @dataclass
@@ -45,9 +49,13 @@ def build_route(name: str, artifacts: Artifacts, threads: int) -> Route:
         "pytorch-eager": lambda: _torch_route(name, artifacts, threads, "eager", "cpu", None),
         "pytorch-sdpa": lambda: _torch_route(name, artifacts, threads, "sdpa", "cpu", None),
         "pytorch-sdpa-fp16": lambda: _torch_route(name, artifacts, threads, "sdpa", "cuda", "float16"),
+        "pytorch-compile-fp16": lambda: _torch_route(name, artifacts, threads, "sdpa", "cuda", "float16",
+                                                     compile_backend="inductor"),
         "mmer-rt-fp32": lambda: _recognizer_route(name, artifacts, threads, "fp32", "cpu"),
         "mmer-rt-int8": lambda: _recognizer_route(name, artifacts, threads, "int8", "cpu"),
         "mmer-rt-fp16": lambda: _recognizer_route(name, artifacts, threads, "fp16", "cuda"),
+        "mmer-rt-fp16-cudagraphs": lambda: _recognizer_route(name, artifacts, threads, "fp16", "cuda",
+                                                             cuda_graphs=True),
         "optimum-fp32": lambda: _peer_route(name, artifacts, threads, "fp32"),
         "optimum-int8": lambda: _peer_route(name, artifacts, threads, "int8"),
     }
@@ -56,7 +64,7 @@ def build_route(name: str, artifacts: Artifacts, threads: int) -> Route:
     return builders[name]()
 
 
-def _torch_route(name, artifacts, threads, attention, device, autocast) -> Route:
+def _torch_route(name, artifacts, threads, attention, device, autocast, compile_backend=None) -> Route:
     import torch
 
     from .reference import TorchReference
@@ -65,13 +73,13 @@ def _torch_route(name, artifacts, threads, attention, device, autocast) -> Route
         raise RouteUnavailable(f"{name}: no CUDA GPU here (torch.cuda.is_available() is False)")
     torch.set_num_threads(threads)
     reference = TorchReference(artifacts.load_torch_model(), attention, device,
-                               getattr(torch, autocast) if autocast else None)
+                               getattr(torch, autocast) if autocast else None, compile_backend)
     tokenizer = artifacts.tokenizer()
     return Route(name, device, "fp16" if autocast else "fp32",
                  lambda workload: reference.probabilities(reference.prepare(workload, tokenizer)))
 
 
-def _recognizer_route(name, artifacts, threads, precision, device) -> Route:
+def _recognizer_route(name, artifacts, threads, precision, device, cuda_graphs=False) -> Route:
     from mmer_rt.batching import BatchBudget
     from mmer_rt.recognizer import Recognizer
     from mmer_rt.session import cuda_available
@@ -84,7 +92,11 @@ def _recognizer_route(name, artifacts, threads, precision, device) -> Route:
         raise RouteUnavailable(f"{name}: the exported model directory {model_dir} holds no {precision} variant")
     # One graph run per call, as the PyTorch routes do: the Recognizer's default budget could split a large batch.
     recognizer = Recognizer.from_dir(model_dir, device=device, precision=precision, threads=threads,
-                                     batch_budget=BatchBudget(max_items=MAX_BATCH, max_seconds=None))
+                                     batch_budget=BatchBudget(max_items=MAX_BATCH, max_seconds=None),
+                                     shapes=bench_shapes(model_dir) if device == "cuda" else None,
+                                     cuda_graphs=cuda_graphs)
+    # Every bucket ahead of the timed calls (each captured, with CUDA graphs), as a server would at start.
+    recognizer.warmup()
 
     def run(workload: Workload) -> np.ndarray:
         items = list(zip(workload.waveforms, workload.transcripts))
@@ -92,6 +104,20 @@ def _recognizer_route(name, artifacts, threads, precision, device) -> Route:
         return np.array([[p.scores[label] for label in recognizer.labels] for p in predictions])
 
     return Route(name, device, precision, run)
+
+
+def bench_shapes(model_dir) -> "ShapeBuckets":
+    """The buckets a server sized for the suite's GPU batches would use: rows of exactly those batch sizes, audio
+    in ShapeBuckets.for_model's 1 s steps, tokens up to 64 (the workload's transcripts are 10-40 tokens), then the
+    model's maximum."""
+    from mmer_rt.modeldir import ModelManifest
+    from mmer_rt.shapes import ShapeBuckets
+
+    manifest = ModelManifest.read(model_dir)
+    default = ShapeBuckets.for_model(MAX_BATCH, manifest.max_audio_samples, manifest.sample_rate,
+                                     int(manifest.extra.get("max_text_tokens", 512)))
+    return ShapeBuckets(rows=GPU_BATCH_ROWS, samples=default.samples,
+                        tokens=tuple(sorted({t for t in default.tokens if t <= 64} | {default.tokens[-1]})))
 
 
 def _peer_route(name, artifacts, threads, precision) -> Route:

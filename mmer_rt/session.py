@@ -73,8 +73,9 @@ def open_session(path: str | Path, device: str, threads: int | None = None,
       DeviceError: CUDA was asked for but the session did not start on it (onnxruntime falls back to the CPU
         with no more than a log line, so the session's own providers are checked).
     """
-    cuda_options = {**CUDA_OPTIONS, **({"enable_cuda_graph": "1"} if cuda_graph else {})}
-    providers = [(CUDA_PROVIDER, cuda_options), CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
+    providers = [CPU_PROVIDER]
+    if device == "cuda":
+        providers.insert(0, (CUDA_PROVIDER, {**CUDA_OPTIONS, **({"enable_cuda_graph": "1"} if cuda_graph else {})}))
     try:
         session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
     except Exception as error:  # onnxruntime's own exception types share no base class but Exception

@@ -12,6 +12,12 @@
 #                                        JSON, the report and the export's manifest (its parity) to $OUT
 #   bash scripts/gpu_bench.sh profile    unpack, then python -m benchmarks.gpu_profile: where a call's time goes
 #                                        and what the CUDA provider's convolution options change
+#   bash scripts/gpu_bench.sh lease      what a 15-minute lease holds (benchmarks/README.md), in place of run:
+#                                        unpack; the CUDA smoke (tiny: the CUDA test, the CUDA-graph test); the GPU
+#                                        table at base size, trimmed (clips 2,5,10 s, batches 1,32,128, 1 s a case,
+#                                        no memory probes; PyTorch fp16 eager and torch.compile, the Recognizer
+#                                        with and without CUDA graphs), each stage under a time limit so that a
+#                                        slow one still leaves the others' results; then `profile` in a 2nd call
 #
 # Rehearsed on a CPU machine (GPU_KIT_PYTHON_VERSION=3.11 for the kit): everything up to the CUDA check runs.
 #
@@ -36,7 +42,7 @@ case "${1:-}" in
     [ "$found" = 1 ] || { echo "no .gpu-kit/part-* was carried: name one in the call's carry" >&2; exit 2; }
     echo "kit parts held in $STORE: $(cd "$STORE" && ls chunk-* | tr '\n' ' ')"
     ;;
-  unpack|run|profile)
+  unpack|run|profile|lease)
     [ -f "$KIT/SHA256SUMS" ] || { echo "carry .gpu-kit/SHA256SUMS with this call" >&2; exit 2; }
     # The sums name part-N/chunk-M; the chunks sit flat in the store.
     sums=$(realpath "$KIT/SHA256SUMS")
@@ -61,11 +67,33 @@ PYEOF
 )
     export LD_LIBRARY_PATH="$nvidia_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-    "$PY" -c "import onnxruntime as o, torch; print('onnxruntime', o.__version__, o.get_available_providers()); print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+    "$PY" -c "import onnxruntime as o, torch; print('onnxruntime', o.__version__, o.get_available_providers()); print('torch', torch.__version__, torch.cuda.get_device_name(0))"  || true
     select=${GPU_BENCH_SELECT:-"pytorch-sdpa-fp16 or mmer-rt-fp16"}
     export PYTHONUNBUFFERED=1
     if [ "$1" = profile ]; then
-      "$PY" -m benchmarks.gpu_profile --out "$OUT" 2>&1 | tee "$OUT/profile.log"
+      # The base-size export is cached under .bench-cache while the machine stays warm (made by `lease`).
+      timeout -s INT -k 20 "${GPU_PROFILE_S:-540}" "$PY" -m benchmarks.gpu_profile --out "$OUT" --batches "${GPU_PROFILE_BATCHES:-1,32}" \
+        --rounds "${GPU_PROFILE_ROUNDS:-5}" 2>&1 | tee "$OUT/profile.log" || echo "profile stopped (status $?)" >&2
+      exit 0
+    fi
+    if [ "$1" = lease ]; then
+      logs="$OUT/logs"
+      mkdir -p "$logs"
+      # $OUT brings back at most 8 files: the report's three, the manifest, and the logs packed into one.
+      pack() { tar -C "$OUT" -czf "$OUT/logs.tar.gz" logs && rm -r "$logs"; }
+      trap pack EXIT
+      timeout "${GPU_SMOKE_S:-120}" "$PY" -m pytest tests/test_recognizer.py tests/test_recognizer_shapes.py -q -m gpu -rs \
+        2>&1 | tee "$logs/smoke.log" || true
+      grep -q "passed" "$logs/smoke.log" && ! grep -q "skipped" "$logs/smoke.log" \
+        || { echo "the CUDA smoke tests did not run: see logs/smoke.log" >&2; exit 1; }
+      export MMER_BENCH_SECONDS=${MMER_BENCH_SECONDS:-1} MMER_BENCH_MEMORY=0
+      export MMER_BENCH_CLIPS=${MMER_BENCH_CLIPS:-2,5,10} MMER_BENCH_GPU_BATCHES=${MMER_BENCH_GPU_BATCHES:-1,32,128}
+      select=${GPU_BENCH_SELECT:-"pytorch-sdpa-fp16 or pytorch-compile-fp16 or mmer-rt-fp16"}
+      timeout -s INT -k 30 "${GPU_TABLE_S:-420}" "$PY" -m pytest benchmarks/ -q -rs -k "$select" --benchmark-json "$OUT/gpu.json" \
+        2>&1 | tee "$logs/gpu.log" || echo "the table stopped early (status $?): its finished cases are in gpu.json" >&2
+      [ -s "$OUT/gpu.json" ] && "$PY" -m benchmarks.report "$OUT/gpu.json" --out "$OUT/" --command \
+        "bash scripts/gpu_bench.sh lease  (MMER_BENCH_SECONDS=$MMER_BENCH_SECONDS, clips $MMER_BENCH_CLIPS, GPU batches $MMER_BENCH_GPU_BATCHES, -k \"$select\")"
+      cp .bench-cache/base-*/model/mmer.json "$OUT/" 2>/dev/null || true
       exit 0
     fi
     # Smoke first (a minute at tiny size): a CUDA problem then ends the call early, not after the base-size export.
@@ -81,7 +109,7 @@ PYEOF
     cp .bench-cache/base-*/model/mmer.json "$OUT/" 2>/dev/null || true
     ;;
   *)
-    echo "usage: bash scripts/gpu_bench.sh receive|unpack|run|profile   (see the header of this script)" >&2
+    echo "usage: bash scripts/gpu_bench.sh receive|unpack|run|profile|lease   (see the header of this script)" >&2
     exit 2
     ;;
 esac

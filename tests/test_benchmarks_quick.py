@@ -186,10 +186,15 @@ def test_report_judges_the_gpu_targets_on_cuda_cases(tmp_path):
              _case("mmer-rt-fp16", 50.0, clip=5.0, batch=128, device="cuda")]
     cases[3]["extra_info"]["utterances_per_s"] = 2560.0
     run = report.load_runs([_write_run(tmp_path / "gpu.json", cases, gpu="Test GPU")])
-    mean, latency, throughput = report.target_lines(run.cases, "cuda")
-    assert "mmer-rt-fp16: 1.26x" in mean  # sqrt(2.0 x 0.8)
-    assert "5 s clip alone in 4.0 ms" in latency and latency.endswith(": met")
+    cases.append(_case("mmer-rt-fp16-cudagraphs", 2.5, clip=5.0, device="cuda"))
+    run = report.load_runs([_write_run(tmp_path / "gpu.json", cases, gpu="Test GPU")])
+    mean, latency, throughput, graphs_mean, graphs_latency, graphs_throughput = report.target_lines(run.cases, "cuda")
+    assert "mmer-rt-fp16: 1.26x" in mean and "target at least 1.5x: not met" in mean  # sqrt(2.0 x 0.8)
+    assert "5 s clip alone in 4.0 ms" in latency and latency.endswith("target at most 3 ms: not met")
     assert "2,560 utterances/s at 5 s (batch 128)" in throughput and throughput.endswith("not met")
+    assert "mmer-rt-fp16-cudagraphs: 3.20x" in graphs_mean and "1.5x: met" in graphs_mean
+    assert "alone in 2.5 ms" in graphs_latency and graphs_latency.endswith(": met")
+    assert "at 5 s (batch 1)" in graphs_throughput and graphs_throughput.endswith("not met")
     text = report.markdown(run)
     assert "## CUDA" in text and "## CPU" not in text
     assert "- GPU: Test GPU" in text and "batches [1, 8] on the CPU, [1, 8, 32, 128] on the GPU" in text
@@ -277,8 +282,8 @@ def test_gpu_profile_rehearses_on_the_cpu_and_survives_a_failing_variant(tmp_pat
         def run(self, *args, **kwargs):
             raise RuntimeError("no engine for this convolution")
 
-    def open_session(path, device, threads=None):
-        session = real_open(path, device, threads)
+    def open_session(path, device, threads=None, cuda_graph=False):
+        session = real_open(path, device, threads, cuda_graph)
         return Broken(session) if rt_session.CUDA_OPTIONS == "broken" else session
 
     monkeypatch.setattr(gpu_profile, "CPU_VARIANTS", {"cpu": None, "broken": "broken"})
@@ -287,14 +292,36 @@ def test_gpu_profile_rehearses_on_the_cpu_and_survives_a_failing_variant(tmp_pat
     gpu_profile.main(["--size", "quick", "--seconds", "1", "--batches", "1,2", "--rounds", "1", "--out", str(out)])
     text = (out / "gpu_profile.md").read_text()
     stages = text.split("## Stages of one predict_batch call (ms)")[1].split("##")[0]
-    assert len([line for line in stages.splitlines() if line.startswith(("| 1 |", "| 2 |"))]) == 2
-    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| shipped")
-            or line.startswith("| other layout")}
-    assert set(rows) == {"shipped, cpu", "shipped, broken", "other layout, cpu", "other layout, broken"}
-    for layout in ("shipped", "other layout"):
-        assert "| refused: b1: RuntimeError: no engine for this convolution |" in rows[f"{layout}, broken"]
-        timed = rows[f"{layout}, cpu"].split("|")[2:4]
+    # Fixed and dynamic shapes (CUDA graphs need CUDA), each at batch 1 and 2, and what each warmup ran.
+    assert {tuple(cell.strip() for cell in line.split("|")[1:3]) for line in stages.splitlines()
+            if line.startswith(("| fixed", "| dynamic"))} == {(v, b) for v in ("fixed shapes", "dynamic shapes")
+                                                               for b in ("1", "2")}
+    warmed = int(stages.split("- fixed shapes: warmup ran ")[1].split()[0])
+    assert warmed > 0 and warmed % 2 == 0 and "- dynamic shapes: warmup ran 0 shapes" in stages  # rows (1, 2)
+    other = "no Conv (fp16 graph's form)"
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith(("| shipped",
+                                                                                                f"| {other}"))}
+    assert set(rows) == {"shipped, cpu", "shipped, broken", f"{other}, cpu", f"{other}, broken"}
+    for form in ("shipped", other):
+        assert "| refused: b1: RuntimeError: no engine for this convolution |" in rows[f"{form}, broken"]
+        timed = rows[f"{form}, cpu"].split("|")[2:4]
         assert all(float(cell) > 0 for cell in timed)
-    assert "Audio graph in the other front-end layout" in text and "PyTorch reference audio encoder" in text
+    assert "Audio graph as shipped" in text and "PyTorch reference audio encoder" in text
     data = json.loads((out / "gpu_profile.json").read_text())["Audio graph alone, 1.0 s clips (ms)"]
-    assert set(data["refused"]) == {"shipped, broken", "other layout, broken"}
+    assert set(data["refused"]) == {"shipped, broken", f"{other}, broken"}
+
+
+def test_the_compiled_pytorch_peer_gives_the_eager_answers(tiny_tokenizer_path):
+    # pytorch-compile-fp16's wiring, rehearsed on the CPU with torch.compile's "eager" backend (dynamo traces the
+    # whole forward with dynamic shapes; inductor itself, the route's backend, runs on the GPU machine).
+    from benchmarks.reference import TorchReference, build_model
+    from training.model import tiny_config
+
+    tokenizer = TextTokenizer(tiny_tokenizer_path)
+    eager = TorchReference(build_model(tiny_config(), seed=0), "sdpa", "cpu")
+    compiled = TorchReference(build_model(tiny_config(), seed=0), "sdpa", "cpu", compile_backend="eager")
+    for seconds, batch in ((0.5, 2), (0.8, 3)):  # a second shape: dynamic, so no failure on a new length
+        workload = make_workload(seconds, batch, tokenizer)
+        want = eager.probabilities(eager.prepare(workload, tokenizer))
+        got = compiled.probabilities(compiled.prepare(workload, tokenizer))
+        assert np.abs(got - want).max() < 1e-5

@@ -134,3 +134,22 @@ def test_kit_from_a_folder_without_wheels_is_refused(tmp_path):
     empty.mkdir()
     got = script("gpu_kit.sh", str(empty), env={"GPU_KIT_DIR": str(tmp_path / "kit")})
     assert got.returncode == 2 and "no wheels" in got.stderr
+
+
+def test_a_lease_without_cuda_stops_at_the_smoke_and_still_brings_its_logs_back(kit, tmp_path):
+    # The rehearsal of `gpu_bench.sh lease` on a machine without CUDA: the kit installs, the smoke's CUDA tests
+    # skip, and the call stops there (not an hour of CPU benchmarks), its logs packed into one file of $OUT.
+    folder, _ = kit
+    store, out = tmp_path / "store", tmp_path / "out"
+    for n in (1, 2, 3):
+        script("gpu_bench.sh", "receive", env={"GPU_KIT_DIR": str(carry(tmp_path, folder, n)),
+                                               "GPU_KIT_STORE": str(store)})
+    got = script("gpu_bench.sh", "lease", env={"GPU_KIT_DIR": str(carry(tmp_path, folder, None)),
+                                               "GPU_KIT_STORE": str(store), "OUT": str(out)})
+    assert got.returncode == 1 and "the CUDA smoke tests did not run" in got.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["logs.tar.gz"]
+    import tarfile
+
+    with tarfile.open(out / "logs.tar.gz") as packed:
+        smoke = packed.extractfile("logs/smoke.log").read().decode()
+    assert "skipped" in smoke and "needs a CUDA GPU" in smoke

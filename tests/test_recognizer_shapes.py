@@ -14,7 +14,7 @@ from mmer_rt.modeldir import AUDIO_INPUTS, AUDIO_OUTPUTS, FUSION_INPUTS, FUSION_
 from mmer_rt.session import Graph, open_session
 from mmer_rt.shapes import ShapeBuckets, padding_waste
 
-from test_recognizer_fixtures import TINY_MAX_AUDIO_SAMPLES, noise, tiny_export, tiny_model_dir  # noqa: F401
+from test_recognizer_fixtures import TINY_MAX_AUDIO_SAMPLES, cuda_starts, noise, tiny_export, tiny_model_dir  # noqa: F401
 
 RATE = 16_000
 # Small buckets for the tiny model (0.5 s of audio at most): every batch below pads in rows, samples and tokens.
@@ -128,3 +128,18 @@ def test_captured_runs_keep_a_shape_s_buffers_and_feed_device_outputs_on(tiny_mo
                          "token_embeddings": np.zeros((2, 5, 32), np.float32),
                          "attention_mask": np.ones((2, 5), np.int64)}, host_outputs=("logits",))["logits"]
     assert logits.shape[0] == 2 and frames > 0 and np.isfinite(logits).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cuda_starts(), reason="needs a CUDA GPU and onnxruntime-gpu whose CUDA provider starts")
+def test_cuda_graphs_replay_each_bucket_with_the_answers_of_plain_runs(fp16_model_dir):
+    # The part of mmer_rt/cudagraphs.py the CPU cannot rehearse: capture and replay (scripts/gpu_bench.sh smoke).
+    graphs = Recognizer.from_dir(fp16_model_dir, device="cuda", precision="fp16", shapes=BUCKETS, cuda_graphs=True)
+    plain = Recognizer.from_dir(fp16_model_dir, device="cpu", precision="fp32", shapes=None)
+    assert graphs.warmup() == len(BUCKETS.shapes())
+    want = _probabilities(plain.predict_batch(_items(), sample_rate=RATE), plain.labels)
+    for _ in range(2):  # replayed, on buffers filled anew
+        got = _probabilities(graphs.predict_batch(_items(), sample_rate=RATE), plain.labels)
+        assert np.abs(got - want).max() < 2e-2
+    alone = _probabilities([graphs.predict_batch([item], sample_rate=RATE)[0] for item in _items()], plain.labels)
+    assert np.abs(alone - want).max() < 2e-2
