@@ -11,7 +11,8 @@ The outputs returned are those fixed buffers: the next run of the same shape ove
 one batch at a time through the three graphs (Recognizer serialises its batches when CUDA graphs are on).
 
 onnxruntime captures on a shape's first runs after one or more regular ones (Recognizer.warmup runs each shape
-three times). NOT YET RUN ON A GPU: written from onnxruntime's documentation of ``enable_cuda_graph`` and
+three times). onnxruntime refuses CUDA graphs for a session with any node outside the CUDA provider (shape
+arithmetic it places on the CPU, say); session.open_session then raises DeviceError. NOT YET RUN ON A GPU: written from onnxruntime's documentation of ``enable_cuda_graph`` and
 ``gpu_graph_id``; benchmarks/gpu_profile.py exercises it on the next lease (benchmarks/README.md).
 """
 

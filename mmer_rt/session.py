@@ -79,6 +79,10 @@ def open_session(path: str | Path, device: str, threads: int | None = None,
     try:
         session = ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
     except Exception as error:  # onnxruntime's own exception types share no base class but Exception
+        if cuda_graph and "graph" in str(error).lower() and "cuda" in str(error).lower():
+            # e.g. shape computations placed on the CPU: onnxruntime captures only graphs wholly on the CUDA provider.
+            raise DeviceError(f"{path}: onnxruntime will not capture this graph as a CUDA graph ({error}); use "
+                              "cuda_graphs=False") from error
         raise ModelDirError(f"{path}: onnxruntime cannot load this graph ({error})") from error
     active = session.get_providers()
     if device == "cuda" and active[0] != CUDA_PROVIDER:

@@ -4,7 +4,8 @@ sees a handful of shapes, which onnxruntime's CUDA graphs can capture once each 
 Padding is exact: padded samples and tokens are masked (the graphs are batch- and padding-invariant, tested), and
 a filler row repeats the batch's first row, whose answers are dropped (a copy, not silence, so that no row is
 degenerate, and int8's per-batch activation range is unchanged by it). What padding costs in arithmetic on a
-realistic length mix is measured by ``python -m benchmarks.buckets`` (benchmarks/README.md).
+realistic length mix is measured by ``python -m benchmarks.buckets`` (benchmarks/README.md). A padded batch may
+exceed the BatchBudget's max_seconds by that padding (at most one bucket step per row, and the filler rows).
 """
 
 from __future__ import annotations
