@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmer_rt.audio import SAMPLE_RATE, pad_batch
+from mmer_rt.audio import SAMPLE_RATE, audio_feeds
 from mmer_rt.modeldir import GRAPH_NAMES, ModelManifest, verified_graph_path
 from mmer_rt.session import open_session
 
@@ -32,8 +32,7 @@ def graph_inputs(session, graph: str, seconds: float, batch: int, seed: int = 0)
     if graph == "audio_encoder":
         waves = [0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE * (1 - 0.05 * row))).astype(np.float32)
                  for row in range(batch)]
-        values, mask = pad_batch(waves)
-        return {"input_values": values, "sample_mask": mask}
+        return audio_feeds(waves, list(widths))  # either format version, by the graph's input names
     tokens = np.ones((batch, 30), dtype=np.int64)
     if graph == "text_encoder":
         return {"input_ids": rng.integers(3, 300, (batch, 30)).astype(np.int64), "attention_mask": tokens}

@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 
 import mmer_rt.session as rt_session
-from mmer_rt.audio import SAMPLE_RATE, pad_batch
+from mmer_rt.audio import SAMPLE_RATE
+from mmer_rt.audio import audio_feeds as mmer_audio_feeds
 from mmer_rt.batching import BatchBudget
 from mmer_rt.modeldir import AUDIO_INPUTS, AUDIO_OUTPUTS, ModelManifest
 from mmer_rt.recognizer import Recognizer
@@ -147,8 +148,7 @@ def audio_graph_in_layout(artifacts: Artifacts, form: dict, fp16: bool, folder: 
 
 
 def audio_feeds(workload) -> dict[str, np.ndarray]:
-    values, sample_mask = pad_batch(list(workload.waveforms))
-    return {"input_values": values, "sample_mask": sample_mask}
+    return mmer_audio_feeds(list(workload.waveforms), AUDIO_INPUTS)
 
 
 def audio_run(graph: Graph, feeds: dict[str, np.ndarray]):

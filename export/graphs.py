@@ -15,8 +15,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from mmer_rt.audio import NORM_EPS
 from mmer_rt.modeldir import (
-    AUDIO_INPUTS, AUDIO_OUTPUTS, FUSION_INPUTS, FUSION_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUTS,
+    AUDIO_INPUTS, AUDIO_INPUTS_V1, AUDIO_OUTPUTS, FORMAT_VERSION, FUSION_INPUTS, FUSION_OUTPUTS, TEXT_INPUTS, TEXT_OUTPUTS,
 )
 from training.model import MMER
 
@@ -31,7 +32,9 @@ OPSET = 17
 
 
 class AudioGraph(nn.Module):
-    """Audio encoder plus CTC head: (input_values, sample_mask) -> (hidden_states, frame_mask, ctc_logits).
+    """Audio encoder plus CTC head: (waveforms, sample_lengths) -> (hidden_states, frame_mask, ctc_logits), the
+    waveforms normalised per utterance inside (model-directory format version 2); with ``format_version=1``,
+    (input_values normalised by the caller, sample_mask) as version 1 directories hold it.
 
     The convolutional front end runs as export/frontend.py rewrites it (the first layer's GroupNorm folded), its
     later layers in ``layout``: "channels" (Conv, the CPU graphs) or "time" (MatMul, the fp16 graph for CUDA).
@@ -40,8 +43,9 @@ class AudioGraph(nn.Module):
     """
 
     def __init__(self, model: MMER, layout: str = "channels", positional: str = "conv",
-                 taps_per_chunk: int = DEFAULT_TAPS_PER_CHUNK):
+                 taps_per_chunk: int = DEFAULT_TAPS_PER_CHUNK, format_version: int = FORMAT_VERSION):
         super().__init__()
+        self.normalize = WaveformNorm() if format_version >= 2 else None
         if positional not in POSITIONAL_FORMS:
             raise ValueError(f"positional form {positional!r} is not one of {', '.join(POSITIONAL_FORMS)}")
         self.front_end = FrontEnd(model.audio_encoder, layout)
@@ -51,8 +55,12 @@ class AudioGraph(nn.Module):
         self.positional = (ChunkedGroupedConv(encoder.pos_conv_embed, taps_per_chunk)
                            if positional == "matmul" else None)
 
-    def forward(self, input_values: Tensor, sample_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        sample_lengths = sample_mask.long().sum(-1)
+    def forward(self, audio: Tensor, lengths_or_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if self.normalize is None:  # version 1: normalised audio and a sample mask
+            input_values, sample_lengths = audio, lengths_or_mask.long().sum(-1)
+        else:
+            sample_lengths = lengths_or_mask.long()
+            input_values = self.normalize(audio, sample_lengths)
         features = self.front_end(input_values, sample_lengths)
         with self._positional_swapped():
             hidden_states, frame_mask = self.audio_encoder.encode_features(features, sample_lengths)
@@ -72,6 +80,30 @@ class AudioGraph(nn.Module):
             yield
         finally:
             encoder.pos_conv_embed = own
+
+
+class WaveformNorm(nn.Module):
+    """(B, N) zero-padded waveforms and (B,) lengths -> each utterance at zero mean and unit variance over its own
+    samples, (x - mean) / sqrt(var + 1e-7) as mmer_rt.audio.normalize computes it, padding left at zero.
+
+    Scaled by each row's peak first (see forward). In the graph so that the host only copies samples (on an H100, normalising on one core was a third of a
+    5 s x 32 call's host work). Kept fp32 in the fp16 variant (export/precision.py: a sum of squares over 200,000
+    samples is beyond fp16's range).
+    """
+
+    def forward(self, waveforms: Tensor, sample_lengths: Tensor) -> Tensor:
+        valid = (torch.arange(waveforms.shape[1], device=waveforms.device)[None, :] < sample_lengths[:, None])
+        valid = valid.to(waveforms.dtype)
+        # Scaled by each row's peak first: the result is the same ((x - m) / sqrt(v + eps) is scale-free but for
+        # eps, which scales along), and a sum of squares of loud audio (amplitudes from about 1e17) cannot overflow
+        # float32 and pass for silence (mmer_rt.audio.normalize redoes such audio in float64).
+        peak = (waveforms.abs() * valid).amax(-1, keepdim=True).clamp(min=1e-20)
+        scaled = waveforms / peak
+        count = sample_lengths.to(waveforms.dtype).clamp(min=1.0).unsqueeze(-1)
+        mean = (scaled * valid).sum(-1, keepdim=True) / count
+        centred = (scaled - mean) * valid
+        variance = (centred * centred).sum(-1, keepdim=True) / count
+        return centred / torch.sqrt(variance + NORM_EPS / (peak * peak))
 
 
 class TextGraph(nn.Module):
@@ -109,11 +141,11 @@ class GraphSpec:
     dynamic_axes: dict[str, dict[int, str]]
 
 
+_AUDIO_OUTPUT_AXES = {"hidden_states": {0: "batch", 1: "frames"}, "frame_mask": {0: "batch", 1: "frames"},
+                      "ctc_logits": {0: "batch", 1: "frames"}}
 GRAPH_SPECS = (
     GraphSpec("audio_encoder", AudioGraph, AUDIO_INPUTS, AUDIO_OUTPUTS, {
-        "input_values": {0: "batch", 1: "samples"}, "sample_mask": {0: "batch", 1: "samples"},
-        "hidden_states": {0: "batch", 1: "frames"}, "frame_mask": {0: "batch", 1: "frames"},
-        "ctc_logits": {0: "batch", 1: "frames"},
+        "waveforms": {0: "batch", 1: "samples"}, "sample_lengths": {0: "batch"}, **_AUDIO_OUTPUT_AXES,
     }),
     GraphSpec("text_encoder", TextGraph, TEXT_INPUTS, TEXT_OUTPUTS, {
         "input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
@@ -125,6 +157,13 @@ GRAPH_SPECS = (
         "logits": {0: "batch"},
     }),
 )
+
+
+# The audio graph as model-directory format version 1 held it (normalised input, sample mask): still traced on
+# request (export_model_dir's format_version), so that the reader's version-1 path stays tested.
+AUDIO_SPEC_V1 = GraphSpec("audio_encoder", AudioGraph, AUDIO_INPUTS_V1, AUDIO_OUTPUTS, {
+    "input_values": {0: "batch", 1: "samples"}, "sample_mask": {0: "batch", 1: "samples"}, **_AUDIO_OUTPUT_AXES,
+})
 
 
 def exportable_copy(model: MMER) -> MMER:
@@ -170,15 +209,17 @@ def example_inputs(model: MMER) -> dict[str, tuple[Tensor, ...]]:
     for row, count in enumerate(samples):
         sample_mask[row, :count] = 1
     input_values = torch.randn(sample_mask.shape, generator=torch.Generator().manual_seed(0)) * sample_mask
+    waveforms = 0.1 * input_values + 0.01 * sample_mask  # not normalised, and off zero: the graph normalises
     input_ids = torch.tensor([[0, 5, 6, 7, 2], [0, 5, 2, 1, 1]])
     pad_id = model.config.text.get("pad_token_id", 1)
     input_ids[1, 3:] = pad_id
     attention_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     with torch.no_grad():
-        hidden_states, frame_mask, _ = AudioGraph(model)(input_values, sample_mask)
+        hidden_states, frame_mask, _ = AudioGraph(model, format_version=1)(input_values, sample_mask)
         token_embeddings = TextGraph(model)(input_ids, attention_mask)
     return {
-        "audio_encoder": (input_values, sample_mask),
+        "audio_encoder": (waveforms, sample_mask.sum(-1)),
+        "audio_encoder_v1": (input_values, sample_mask),
         "text_encoder": (input_ids, attention_mask),
         "fusion": (hidden_states, frame_mask, token_embeddings, attention_mask),
     }

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmer_rt.audio import load_audio, pad_batch
+from mmer_rt.audio import load_audio, pad_batch, pad_waveforms
 from mmer_rt.corpus import read_manifest
-from mmer_rt.modeldir import AUDIO_INPUTS, FUSION_INPUTS, TEXT_INPUTS
+from mmer_rt.modeldir import AUDIO_INPUTS_V1, FUSION_INPUTS, TEXT_INPUTS
 from mmer_rt.text import TextTokenizer
 from training.model import MMER
 
@@ -39,6 +39,9 @@ class Probes:
     input_ids: np.ndarray
     attention_mask: np.ndarray
     description: str
+    # The same audio zero-padded as decoded, not normalised: what format-version-2 audio graphs take (they
+    # normalise it themselves). None: input_values stands in (normalising it again changes it by rounding only).
+    waveforms: np.ndarray | None = None
 
 
 def make_probes(tokenizer_path: Path, sample_rate: int, max_samples: int, seed: int = 0) -> Probes:
@@ -50,10 +53,11 @@ def make_probes(tokenizer_path: Path, sample_rate: int, max_samples: int, seed: 
     loud = [int(f * longest) for f in LOUD_PROBE_FRACTIONS]
     waves = [_speech_like(rng, n, sample_rate) for n in ordinary] + [_loud(rng, n) for n in loud]
     input_values, sample_mask = pad_batch(waves)
+    raw, _ = pad_waveforms(waves)
     encoded = TextTokenizer(tokenizer_path).encode_batch(_random_transcripts(seed, len(waves)))
     description = (f"speech-like clips of {ordinary} samples, clipped full-scale clips of {loud} samples "
                    f"(seed {seed}), random-word transcripts")
-    return Probes(input_values, sample_mask, encoded.input_ids, encoded.attention_mask, description)
+    return Probes(input_values, sample_mask, encoded.input_ids, encoded.attention_mask, description, raw)
 
 
 # Speech probes run in batches of this many clips of similar length, as the Recognizer batches them.
@@ -109,7 +113,8 @@ def speech_probes(manifest: Path, tokenizer_path: Path, max_samples: int, min_sa
         chunk = clips[start: start + SPEECH_BATCH]
         values, mask = pad_batch([wave for _, wave in chunk])
         encoded = tokenizer.encode_batch([utterance.text for utterance, _ in chunk])
-        batches.append(Probes(values, mask, encoded.input_ids, encoded.attention_mask, ""))
+        batches.append(Probes(values, mask, encoded.input_ids, encoded.attention_mask, "",
+                              pad_waveforms([wave for _, wave in chunk])[0]))
     return batches, f"{len(clips)} utterances of {Path(manifest).name} with their transcripts"
 
 
@@ -133,7 +138,7 @@ def _random_transcripts(seed: int, count: int) -> list[str]:
 
 def reference_outputs(model: MMER, probes: Probes) -> dict[str, np.ndarray]:
     """The PyTorch fp32 model's outputs on the probes (eval mode, as loaded from the checkpoint)."""
-    feeds = {name: torch.from_numpy(getattr(probes, name)) for name in (*AUDIO_INPUTS, *TEXT_INPUTS)}
+    feeds = {name: torch.from_numpy(getattr(probes, name)) for name in (*AUDIO_INPUTS_V1, *TEXT_INPUTS)}
     with torch.no_grad():
         out = model.eval()(**feeds)
         token_embeddings = model.text_encoder(feeds["input_ids"], feeds["attention_mask"])
@@ -161,11 +166,19 @@ def measure(sessions: dict, probe_set: ProbeSet, reference: dict) -> dict:
 def run_graphs(sessions: dict, probes: Probes) -> dict[str, np.ndarray]:
     """Run the three onnxruntime sessions in sequence on the probes, as the Recognizer does."""
     audio = dict(zip(("hidden_states", "frame_mask", "ctc_logits"), sessions["audio_encoder"].run(
-        None, {name: getattr(probes, name) for name in AUDIO_INPUTS})))
+        None, audio_feeds_of(probes, [node.name for node in sessions["audio_encoder"].get_inputs()]))))
     (token_embeddings,) = sessions["text_encoder"].run(None, {name: getattr(probes, name) for name in TEXT_INPUTS})
     streams = {**audio, "token_embeddings": token_embeddings, "attention_mask": probes.attention_mask}
     (logits,) = sessions["fusion"].run(None, {name: streams[name] for name in FUSION_INPUTS})
     return {**audio, "token_embeddings": token_embeddings, "logits": logits}
+
+
+def audio_feeds_of(probes: Probes, input_names) -> dict[str, np.ndarray]:
+    """The probes as an audio graph of either format version takes them (by its input names)."""
+    if "sample_mask" in input_names:
+        return {"input_values": probes.input_values, "sample_mask": probes.sample_mask}
+    waveforms = probes.input_values if probes.waveforms is None else probes.waveforms
+    return {"waveforms": waveforms, "sample_lengths": probes.sample_mask.sum(-1).astype(np.int64)}
 
 
 def compare(reference: dict[str, np.ndarray], exported: dict[str, np.ndarray]) -> dict[str, float]:

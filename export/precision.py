@@ -12,10 +12,11 @@ from .optimize import quiet_loggers
 # precision in fp16 (fairseq keeps wav2vec2's front-end GroupNorm in fp32 for this reason), as measured in
 # export/DESIGN.md. Added to onnxruntime's default block list.
 FP16_BLOCKED_OPS = ("GroupNormalization", "InstanceNormalization")
-# Node-name scopes kept whole in fp32, in both the fp16 and the int8 variant: the front end's first layer
+# Node-name scopes kept whole in fp32, in both the fp16 and the int8 variant: the waveform normalisation (format
+# version 2, export/graphs.py: a sum of squares over up to 200,000 samples) and the front end's first layer
 # (export/frontend.py). It reads the raw waveform, and its folded GroupNorm sums the frames' second moments over
 # up to 42,000 frames (beyond fp16's range); a product with 10 or 11 inputs per output gains nothing from int8.
-WAVEFORM_SCOPES = ("/front_end/first/",)
+WAVEFORM_SCOPES = ("/normalize/", "/front_end/first/")
 # The operators the int8 variant quantises: every MatMul and the fused Attention's input projection (QAttention).
 # Not Conv: ConvInteger was slower than the fp32 Conv, and 8-bit activations in the convolutional front end moved
 # the demo model's top-1 decision on 11% of its held-out clips (export/DESIGN.md).

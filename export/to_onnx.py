@@ -22,7 +22,7 @@ import onnx
 import mmer_rt
 from mmer_rt.audio import SAMPLE_RATE
 from mmer_rt.modeldir import (
-    GRAPH_NAMES, PRECISIONS, TOKENIZER_NAME, GraphEntry, ModelManifest, VariantEntry, sha256_file,
+    FORMAT_VERSION, GRAPH_NAMES, PRECISIONS, TOKENIZER_NAME, GraphEntry, ModelManifest, VariantEntry, sha256_file,
 )
 from mmer_rt.text import TEXT_CLEANING_RULE
 from training.model import MMER
@@ -60,6 +60,7 @@ def export_model_dir(
     log: Callable[[str], None] = print,
     speech_manifest: str | Path | None = None,
     speech_count: int = 32,
+    format_version: int = FORMAT_VERSION,
 ) -> ModelManifest:
     """Export a checkpoint to the model directory ``out_dir``; returns the manifest written there.
 
@@ -87,7 +88,7 @@ def export_model_dir(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        manifest = _build(model, tokenizer_path, probe_set, staging, precisions, tolerances, steps)
+        manifest = _build(model, tokenizer_path, probe_set, staging, precisions, tolerances, steps, format_version)
         _publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -102,12 +103,13 @@ def _probe_set(model: MMER, tokenizer_path: Path, speech_manifest: Path | None, 
 
 
 def _build(model: MMER, tokenizer_path: Path, probes: parity.ProbeSet, staging: Path, precisions: list[str],
-           tolerances: dict[str, float], steps: _Steps) -> ModelManifest:
+           tolerances: dict[str, float], steps: _Steps, format_version: int = FORMAT_VERSION) -> ModelManifest:
     traced = staging / ".traced"
     traced.mkdir()
     fp32 = staging / "fp32"
     fp32.mkdir()
-    steps.run("tracing the three graphs (torch.onnx legacy exporter)", _trace, model, traced, "fp16" in precisions)
+    steps.run("tracing the three graphs (torch.onnx legacy exporter)", _trace, model, traced, "fp16" in precisions,
+              format_version)
     fused = steps.run("fusing the encoders (onnxruntime transformer optimizer)", _fuse, model, traced, fp32,
                       "fp16" in precisions)
     reference = steps.run("running the PyTorch fp32 reference on the probes", parity.reference_for, model, probes)
@@ -121,6 +123,7 @@ def _build(model: MMER, tokenizer_path: Path, probes: parity.ProbeSet, staging: 
         shutil.rmtree(fp32)
     shutil.copyfile(tokenizer_path, staging / TOKENIZER_NAME)
     manifest = _manifest(model, variants, fused, probes.description)
+    manifest.format_version = format_version
     manifest.write(staging)
     return manifest
 
@@ -132,14 +135,20 @@ _GPU_AUDIO = "audio_encoder.time.onnx"
 GPU_AUDIO_FORM = {"layout": "time", "positional": "matmul"}
 
 
-def _trace(model: MMER, folder: Path, gpu: bool) -> None:
+def _trace(model: MMER, folder: Path, gpu: bool, format_version: int = FORMAT_VERSION) -> None:
     export_model = graphs.exportable_copy(model)
     examples = graphs.example_inputs(export_model)
-    for spec in graphs.GRAPH_SPECS:
+    # Format version 1 (normalised input, sample mask) only when asked: the reader's version-1 path is tested so.
+    audio, audio_example = graphs.GRAPH_SPECS[0], examples["audio_encoder"]
+    if format_version == 1:
+        audio, audio_example = graphs.AUDIO_SPEC_V1, examples["audio_encoder_v1"]
+    graphs.export_graph(export_model, audio, audio_example, folder / "audio_encoder.onnx",
+                        format_version=format_version)
+    for spec in graphs.GRAPH_SPECS[1:]:
         graphs.export_graph(export_model, spec, examples[spec.name], folder / f"{spec.name}.onnx")
     if gpu:
-        audio = graphs.GRAPH_SPECS[0]
-        graphs.export_graph(export_model, audio, examples[audio.name], folder / _GPU_AUDIO, **GPU_AUDIO_FORM)
+        graphs.export_graph(export_model, audio, audio_example, folder / _GPU_AUDIO, format_version=format_version,
+                            **GPU_AUDIO_FORM)
 
 
 def _fuse(model: MMER, traced: Path, fp32: Path, gpu: bool) -> dict[str, dict[str, dict[str, int]]]:

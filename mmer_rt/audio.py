@@ -147,6 +147,28 @@ def pad_batch(waveforms: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return values, mask
 
 
+def pad_waveforms(waveforms: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad waveforms with zeros, as they are: (waveforms float32 (B, N), sample_lengths int64 (B,)). For
+    format-version-2 audio graphs, which normalise each utterance themselves."""
+    if not waveforms:
+        raise AudioError("the batch is empty")
+    lengths = np.array([len(w) for w in waveforms], dtype=np.int64)
+    values = np.zeros((len(waveforms), int(lengths.max())), dtype=np.float32)
+    for row, wave in enumerate(waveforms):
+        values[row, : len(wave)] = wave
+    return values, lengths
+
+
+def audio_feeds(waveforms: Sequence[np.ndarray], input_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The audio graph's feeds for ``waveforms``, by the graph's own input names: normalised values and a sample
+    mask (format version 1, ``sample_mask`` among them), else the waveforms as they are and their lengths."""
+    if "sample_mask" in input_names:
+        values, mask = pad_batch(waveforms)
+        return {"input_values": values, "sample_mask": mask}
+    values, lengths = pad_waveforms(waveforms)
+    return {"waveforms": values, "sample_lengths": lengths}
+
+
 def _describe(source) -> str:
     if isinstance(source, (str, Path)):
         return str(source)

@@ -13,7 +13,9 @@ Layout::
       int8/...  fp16/...
 
 Graph contract (names of inputs and outputs; B batch, N samples, J frames, M tokens):
-  audio_encoder: input_values f32 (B, N) normalised per utterance, sample_mask i64 (B, N)
+  audio_encoder: waveforms f32 (B, N) as decoded (16 kHz mono, zero-padded), sample_lengths i64 (B,); the graph
+                 normalises each utterance itself (format version 2; version 1 graphs took input_values f32 (B, N)
+                 normalised per utterance and sample_mask i64 (B, N), and are still read)
                  -> hidden_states f32 (B, J, Da), frame_mask i64 (B, J), ctc_logits f32 (B, J, V)
   text_encoder:  input_ids i64 (B, M), attention_mask i64 (B, M) -> token_embeddings f32 (B, M, Dt)
   fusion:        hidden_states, frame_mask, token_embeddings, attention_mask -> logits f32 (B, C)
@@ -31,7 +33,10 @@ from typing import Any
 from .audio import SAMPLE_RATE
 from .errors import IntegrityError, ModelDirError
 
-FORMAT_VERSION = 1
+# Version 2: the audio graph normalises the waveforms itself and takes their lengths instead of a sample mask
+# (host work off the GPU's critical path). Version 1 directories are still read (audio_inputs).
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 MAX_AUDIO_SECONDS = 600  # a bound on max_audio_samples: wav2vec2's attention is quadratic in the audio's length
 MAX_TEXT_TOKENS = 4096  # a bound on extra.max_text_tokens, checked before the text graph is tried at that length
 MAX_DEPTH = 16  # free-form objects (parity, versions, extra) nested deeper are refused
@@ -43,12 +48,18 @@ TOKENIZER_NAME = "tokenizer.json"
 GRAPH_NAMES = ("audio_encoder", "text_encoder", "fusion")
 PRECISIONS = ("fp32", "fp16", "int8")
 
-AUDIO_INPUTS = ("input_values", "sample_mask")
+AUDIO_INPUTS = ("waveforms", "sample_lengths")
+AUDIO_INPUTS_V1 = ("input_values", "sample_mask")
 AUDIO_OUTPUTS = ("hidden_states", "frame_mask", "ctc_logits")
 TEXT_INPUTS = ("input_ids", "attention_mask")
 TEXT_OUTPUTS = ("token_embeddings",)
 FUSION_INPUTS = ("hidden_states", "frame_mask", "token_embeddings", "attention_mask")
 FUSION_OUTPUTS = ("logits",)
+
+
+def audio_inputs(format_version: int) -> tuple[str, ...]:
+    """The audio graph's input names in a model directory of ``format_version``."""
+    return AUDIO_INPUTS_V1 if format_version == 1 else AUDIO_INPUTS
 
 
 @dataclass
@@ -115,10 +126,11 @@ class ModelManifest:
         except RecursionError:
             raise ModelDirError(f"{path}: cannot read the manifest (JSON nested too deeply)") from None
         version = raw.get("format_version") if isinstance(raw, dict) else None
-        if version != FORMAT_VERSION or isinstance(version, bool):
+        if version not in READABLE_FORMAT_VERSIONS or isinstance(version, bool) or not isinstance(version, int):
             raise ModelDirError(
                 f"{path}: manifest format version {version!r} is not supported by this mmer-rt "
-                f"(it reads version {FORMAT_VERSION}); re-export the model or upgrade mmer-rt"
+                f"(it reads versions {', '.join(map(str, READABLE_FORMAT_VERSIONS))}); re-export the model or "
+                "upgrade mmer-rt"
             )
         try:
             return _parse_manifest(raw)

@@ -12,11 +12,11 @@ from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 
-from .audio import AudioSource, load_clip, pad_batch
+from .audio import AudioSource, audio_feeds, load_clip
 from .batching import BatchBudget, plan_batches
 from .errors import AudioError, DeviceError, InferenceError, MMERError, ModelDirError, TextError
 from .modeldir import (
-    AUDIO_INPUTS, AUDIO_OUTPUTS, FUSION_INPUTS, FUSION_OUTPUTS, MANIFEST_NAME, PRECISIONS, TEXT_INPUTS, TEXT_OUTPUTS,
+    AUDIO_OUTPUTS, FUSION_INPUTS, FUSION_OUTPUTS, MANIFEST_NAME, PRECISIONS, TEXT_INPUTS, TEXT_OUTPUTS, audio_inputs,
     ModelManifest, verified_graph_path,
 )
 from .session import Graph, open_session, resolve_device
@@ -208,7 +208,8 @@ class Recognizer:
             return 0
         runs = 3 if self._graphs["audio_encoder"].captured is not None else 1
         with self._batch_lock:
-            return warm_up(self._graphs, self.shapes, self._tokenizer.pad_id, runs)
+            return warm_up(self._graphs, self.shapes, self._tokenizer.pad_id, runs,
+                           audio_inputs(self.manifest.format_version))
 
     @property
     def providers(self) -> list[str]:
@@ -380,12 +381,12 @@ class Recognizer:
 
     def _run_batch(self, pieces: Sequence[_Piece]) -> tuple[np.ndarray, list[str]]:
         """Audio graph, transcripts, text graph, fusion graph, softmax, for one batch."""
-        values, sample_mask = pad_batch([piece.waveform for piece in pieces])
+        feeds = audio_feeds([piece.waveform for piece in pieces], audio_inputs(self.manifest.format_version))
         if self.shapes is not None:
-            values, sample_mask = self.shapes.pad_audio(values, sample_mask)
+            feeds = self.shapes.pad_audio(feeds)
         need_ctc = any(piece.text is None for piece in pieces)
         audio = self._graphs["audio_encoder"].run(
-            {"input_values": values, "sample_mask": sample_mask},
+            feeds,
             host_outputs=("frame_mask", "ctc_logits") if need_ctc else ("frame_mask",),
             device_outputs=("hidden_states",),
         )
@@ -469,9 +470,9 @@ def _probe(model_dir: Path, manifest: ModelManifest, graphs: dict[str, Graph], t
     is refused here rather than failing (or answering wrongly) at every prediction."""
     where = model_dir / MANIFEST_NAME
     minimum = _min_audio_samples(manifest)
-    values, sample_mask = pad_batch([np.zeros(minimum, dtype=np.float32)])
+    feeds = audio_feeds([np.zeros(minimum, dtype=np.float32)], audio_inputs(manifest.format_version))
     try:
-        audio = graphs["audio_encoder"].run({"input_values": values, "sample_mask": sample_mask},
+        audio = graphs["audio_encoder"].run(feeds,
                                             host_outputs=("frame_mask", "ctc_logits"),
                                             device_outputs=("hidden_states",))
     except InferenceError as error:
@@ -525,7 +526,7 @@ def _load_variant(
 ) -> tuple[str, dict[str, Graph]]:
     chosen = _choose_precision(model_dir, manifest, device, precision)
     contract = {
-        "audio_encoder": (AUDIO_INPUTS, AUDIO_OUTPUTS),
+        "audio_encoder": (audio_inputs(manifest.format_version), AUDIO_OUTPUTS),
         "text_encoder": (TEXT_INPUTS, TEXT_OUTPUTS),
         "fusion": (FUSION_INPUTS, FUSION_OUTPUTS),
     }

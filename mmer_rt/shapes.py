@@ -16,6 +16,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .audio import audio_feeds
+from .modeldir import AUDIO_INPUTS
+
 # Sample buckets every second: on 2,000 utterances of 2-10 s (uniform) in batches of up to 16, the bucketed batches
 # hold 8.7% more audio than the utterances (0.5% without buckets), against 4.7% with half-second steps and 17.2%
 # with 2 s steps (python -m benchmarks.buckets). Half-second steps would halve the waste but double the shapes to
@@ -58,10 +61,14 @@ class ShapeBuckets:
         index = bisect.bisect_left(buckets, size)
         return buckets[index] if index < len(buckets) else size
 
-    def pad_audio(self, values: np.ndarray, sample_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(B, N) normalised audio and its mask padded to their bucket: zero samples, masked, and filler rows."""
-        return (_pad(values, self.fit(len(values), "rows"), self.fit(values.shape[1], "samples"), 0.0),
-                _pad(sample_mask, self.fit(len(values), "rows"), self.fit(values.shape[1], "samples"), 0))
+    def pad_audio(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The audio graph's feeds (either format version: mmer_rt.audio.audio_feeds) padded to their bucket: the
+        (B, N) arrays with zero samples (masked: zero mask, or beyond the row's length), every array with filler
+        rows."""
+        rows = self.fit(len(next(iter(feeds.values()))), "rows")
+        samples = max(value.shape[1] for value in feeds.values() if value.ndim == 2)
+        width = self.fit(samples, "samples")
+        return {name: _pad(value, rows, width if value.ndim == 2 else None, 0) for name, value in feeds.items()}
 
     def pad_text(self, input_ids: np.ndarray, attention_mask: np.ndarray, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
         """(B, M) token ids and their mask padded to their bucket: pad tokens, masked, and filler rows."""
@@ -73,18 +80,18 @@ class ShapeBuckets:
         return [(r, s, t) for r in self.rows for s in self.samples for t in self.tokens]
 
 
-def warm_up(graphs: Mapping, buckets: ShapeBuckets, pad_id: int, runs: int = 1) -> int:
-    """Run each of ``buckets.shapes()`` through the audio, text and fusion graphs ``runs`` times, fed as the
-    Recognizer feeds them (device outputs passed on); returns the number of shapes run."""
+def warm_up(graphs: Mapping, buckets: ShapeBuckets, pad_id: int, runs: int = 1,
+            audio_inputs: Sequence[str] = AUDIO_INPUTS) -> int:
+    """Run each of ``buckets.shapes()`` through the audio (taking ``audio_inputs``), text and fusion graphs ``runs``
+    times, fed as the Recognizer feeds them (device outputs passed on); returns the number of shapes run."""
     rng = np.random.default_rng(0)
     texts: dict[tuple[int, int], tuple] = {}
     count = 0
     for rows in buckets.rows:
         for samples in buckets.samples:
-            values = rng.standard_normal((rows, samples)).astype(np.float32)
-            sample_mask = np.ones((rows, samples), dtype=np.int64)
+            feeds = audio_feeds(list(0.1 * rng.standard_normal((rows, samples)).astype(np.float32)), audio_inputs)
             for _ in range(runs):
-                audio = graphs["audio_encoder"].run({"input_values": values, "sample_mask": sample_mask},
+                audio = graphs["audio_encoder"].run(feeds,
                                                     host_outputs=("frame_mask", "ctc_logits"),
                                                     device_outputs=("hidden_states",))
             for tokens in buckets.tokens:
@@ -115,12 +122,16 @@ def padding_waste(lengths: Sequence[int], batches: Sequence[Sequence[int]], buck
     return {"batch": plain / total, "bucketed": padded / total}
 
 
-def _pad(array: np.ndarray, rows: int, width: int, fill) -> np.ndarray:
-    if array.shape == (rows, width):
+def _pad(array: np.ndarray, rows: int, width: int | None, fill) -> np.ndarray:
+    """``array`` (B, W), or (B,) with ``width`` None, padded to ``rows`` rows (filler rows repeat row 0) and
+    ``width`` columns of ``fill``."""
+    shape = (rows,) if width is None else (rows, width)
+    if array.shape == shape:
         return array
-    out = np.full((rows, width), fill, dtype=array.dtype)
-    out[: len(array), : array.shape[1]] = array
-    out[len(array):, : array.shape[1]] = array[0]  # filler rows: the first row again
+    out = np.full(shape, fill, dtype=array.dtype)
+    columns = (slice(None),) if width is None else (slice(None), slice(0, array.shape[1]))
+    out[(slice(0, len(array)),) + columns[1:]] = array
+    out[(slice(len(array), None),) + columns[1:]] = array[0]  # filler rows: the first row again
     return out
 
 

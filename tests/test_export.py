@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from export.errors import ExportError, ParityError
-from export.parity import SPEECH_BATCH, Probes, check_report, make_probes, run_graphs, speech_probes
+from export.parity import SPEECH_BATCH, audio_feeds_of, Probes, check_report, make_probes, run_graphs, speech_probes
 from export.to_onnx import export_model_dir, main
 from mmer_rt.audio import pad_batch
 from mmer_rt.corpus import read_manifest
@@ -129,7 +129,7 @@ def test_fp16_audio_graph_holds_no_conv_and_matches_fp32(model_dir):
     rng = np.random.default_rng(3)
     values, mask = pad_batch([rng.standard_normal(n).astype(np.float32) * scale
                               for n, scale in ((16_000, 1.0), (5_000, 30.0), (700, 1e-3))])
-    feeds = {"input_values": values, "sample_mask": mask}
+    feeds = audio_feeds_of(Probes(values, mask, None, None, ""), AUDIO_INPUTS)
     sessions = _sessions(model_dir, manifest, "fp16"), _sessions(model_dir, manifest, "fp32")
     half, full = (s["audio_encoder"].run(None, feeds) for s in sessions)
     assert np.array_equal(half[1], full[1])  # frame masks

@@ -55,8 +55,8 @@ def test_audio_graph_without_any_conv_matches_the_model(make_config):
     assert not any(isinstance(m, torch.nn.Conv1d) for m in [*matmul_graph.front_end.modules(),
                                                              *matmul_graph.positional.modules()])
     with torch.no_grad():
-        expected = conv_graph(values, mask)
-        actual = matmul_graph(values, mask)
+        expected = conv_graph(values, lengths)
+        actual = matmul_graph(values, lengths)
     assert torch.equal(actual[1], expected[1])  # frame masks
     for got, want in ((actual[0], expected[0]), (actual[2], expected[2])):
         assert (got - want).abs().max() < 1e-5 * want.abs().max()

@@ -10,7 +10,8 @@ import pytest
 from mmer_rt import Recognizer
 from mmer_rt.cudagraphs import CapturedRuns
 from mmer_rt.errors import DeviceError
-from mmer_rt.modeldir import AUDIO_INPUTS, AUDIO_OUTPUTS, FUSION_INPUTS, FUSION_OUTPUTS, ModelManifest
+from mmer_rt.audio import audio_feeds
+from mmer_rt.modeldir import AUDIO_INPUTS, AUDIO_INPUTS_V1, AUDIO_OUTPUTS, FUSION_INPUTS, FUSION_OUTPUTS, ModelManifest
 from mmer_rt.session import Graph, open_session
 from mmer_rt.shapes import ShapeBuckets, padding_waste
 
@@ -48,7 +49,7 @@ def test_an_utterance_in_a_padded_bucket_gets_its_answer_alone(fp16_model_dir, p
     assert bucketed.shapes == BUCKETS and plain.shapes is None
     seen = []
     inner = bucketed._graphs["audio_encoder"].run
-    bucketed._graphs["audio_encoder"].run = lambda feeds, **kw: seen.append(feeds["input_values"].shape) or \
+    bucketed._graphs["audio_encoder"].run = lambda feeds, **kw: seen.append(feeds["waveforms"].shape) or \
         inner(feeds, **kw)
     together = bucketed.predict_batch(_items(), sample_rate=RATE)
     assert seen == [(4, TINY_MAX_AUDIO_SAMPLES)]  # 3 rows padded to 4, 7,700 samples to 8,000
@@ -89,9 +90,18 @@ def test_buckets_for_a_model_cover_every_batch_it_can_make():
     assert buckets.samples[0] == RATE and buckets.samples[-1] == 208_000 and len(buckets.samples) == 13
     assert buckets.fit(3, "rows") == 4 and buckets.fit(RATE + 1, "samples") == 2 * RATE
     assert buckets.fit(600, "tokens") == 600  # beyond the largest: its own shape
-    values, mask = buckets.pad_audio(np.arange(6, dtype=np.float32).reshape(3, 2) + 1, np.ones((3, 2), np.int64))
-    assert values.shape == mask.shape == (4, RATE)
-    assert np.array_equal(values[3, :2], values[0, :2]) and mask[:, 2:].sum() == 0 and values[:, 2:].sum() == 0
+    for feeds in (audio_feeds([np.array([1.0, 2.0], np.float32), np.array([3.0], np.float32)], AUDIO_INPUTS),
+                  audio_feeds([np.array([1.0, 2.0], np.float32), np.array([3.0], np.float32)], AUDIO_INPUTS_V1)):
+        padded = buckets.pad_audio(feeds)  # either format version: filler rows repeat row 0, new samples are 0
+        values = padded.get("waveforms", padded.get("input_values"))
+        assert values.shape == (2, RATE) and values[:, 2:].sum() == 0 and np.array_equal(values[0, :2], feeds[
+            "waveforms" if "waveforms" in feeds else "input_values"][0])
+        if "sample_lengths" in padded:
+            assert padded["sample_lengths"].tolist() == [2, 1]
+        else:
+            assert padded["sample_mask"].sum(-1).tolist() == [2, 1]
+    three = buckets.pad_audio(audio_feeds([np.ones(5, np.float32)] * 2 + [np.ones(3, np.float32)], AUDIO_INPUTS))
+    assert three["sample_lengths"].tolist() == [5, 5, 3, 5] and three["waveforms"].shape == (4, RATE)
     ids, attention = buckets.pad_text(np.array([[0, 5, 2]]), np.array([[1, 1, 1]]), pad_id=1)
     assert ids.shape == (1, 16) and (ids[0, 3:] == 1).all() and attention.sum() == 3
     # The waste helper: one batch of 3 rows of 1 s, 2 s, 3 s, padded to 3 x 3 s, then to 4 x 3 s.
@@ -111,8 +121,7 @@ def test_captured_runs_keep_a_shape_s_buffers_and_feed_device_outputs_on(tiny_mo
     fusion = Graph(open_session(path("fusion"), "cpu"), "fusion", FUSION_INPUTS, FUSION_OUTPUTS)
     outputs = []
     for seed in (0, 1):
-        values = noise(2 * 3_000, seed).reshape(2, 3_000)
-        feeds = {"input_values": values, "sample_mask": np.ones((2, 3_000), np.int64)}
+        feeds = audio_feeds(list(noise(2 * 3_000, seed).reshape(2, 3_000)), AUDIO_INPUTS)
         got = audio.run(feeds, host_outputs=("frame_mask",), device_outputs=("hidden_states",))
         want = plain.run(feeds, host_outputs=("frame_mask", "hidden_states"))
         assert isinstance(got["hidden_states"], ort.OrtValue)
@@ -120,8 +129,7 @@ def test_captured_runs_keep_a_shape_s_buffers_and_feed_device_outputs_on(tiny_mo
         assert np.array_equal(got["frame_mask"], want["frame_mask"])
         outputs.append(got["hidden_states"].data_ptr())
     assert outputs[0] == outputs[1] and audio.captured.captured == 1  # one shape, one set of buffers
-    audio.run({"input_values": noise(4_000).reshape(1, 4_000), "sample_mask": np.ones((1, 4_000), np.int64)},
-              host_outputs=("frame_mask",))
+    audio.run(audio_feeds([noise(4_000)], AUDIO_INPUTS), host_outputs=("frame_mask",))
     assert audio.captured.captured == 2
     frames = got["frame_mask"].shape[1]
     logits = fusion.run({"hidden_states": got["hidden_states"], "frame_mask": got["frame_mask"],
