@@ -221,8 +221,28 @@ def test_a_body_over_the_limit_gets_413_before_it_is_sent(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
         conn.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\n"
                      b"Content-Length: 5242880\r\n\r\n")
-        head = conn.recv(65536).decode(errors="replace")
-    assert head.startswith("HTTP/1.1 413") and "BodyTooLargeError" in head
+        answer = read_http_response(conn)
+    assert answer.startswith("HTTP/1.1 413") and "BodyTooLargeError" in answer
+
+
+def read_http_response(conn: socket.socket) -> str:
+    """One whole HTTP/1.1 response: the head, then as many body bytes as its Content-Length says (a response can
+    arrive in several packets, so one recv may hold only the head)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data.decode(errors="replace")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), None)
+    while length is not None and len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode(errors="replace")
 
 
 def test_a_chunked_body_over_the_limit_gets_413(server):
