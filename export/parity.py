@@ -22,7 +22,9 @@ from .errors import ExportError, ParityError
 # The largest max |delta probability| a variant may show against PyTorch fp32 before the export stops.
 # fp32: the issue's bound. fp16 and int8: several times the worst error measured on random and base-size
 # models (export/DESIGN.md), tight enough that a broken conversion (NaN, an overflow, a lost mask) fails.
-TOLERANCES = {"fp32": 1e-4, "fp16": 2e-2, "int8": 5e-2}
+# "openvino": the fp32 graphs run by OpenVINO (bf16 arithmetic where the CPU has it, mmer_rt/engines.py), measured
+# when OpenVINO is installed; bf16 keeps 8 bits of mantissa, so it gets int8's bound.
+TOLERANCES = {"fp32": 1e-4, "fp16": 2e-2, "int8": 5e-2, "openvino": 5e-2}
 
 # Probe lengths as fractions of the longest probe: 2 s, or the model's maximum audio length if shorter.
 PROBE_SECONDS = 2.0
@@ -163,6 +165,32 @@ def measure(sessions: dict, probe_set: ProbeSet, reference: dict) -> dict:
     return report
 
 
+class OpenVINOSession:
+    """An OpenVINO-compiled graph (mmer_rt.engines) behind onnxruntime's ``run(names, feeds)``, for run_graphs."""
+
+    def __init__(self, graph, outputs):
+        self.graph, self.outputs = graph, tuple(outputs)
+
+    def run(self, names, feeds):
+        wanted = tuple(names or self.outputs)
+        results = self.graph.run(feeds, host_outputs=wanted)
+        return [results[name] for name in wanted]
+
+
+def openvino_sessions(folder: Path) -> tuple[dict, str] | None:
+    """The three fp32 graphs of ``folder`` compiled by OpenVINO in the arithmetic the runtime would pick on this
+    CPU (bf16 on AMX or AVX512-BF16, else fp32), and that precision; None when OpenVINO is not installed."""
+    from mmer_rt import engines
+
+    if not engines.openvino_available():
+        return None
+    precision = engines.openvino_precision("auto")
+    sessions = {name: OpenVINOSession(engines.open_openvino_graph(folder / f"{name}.onnx", name, precision, None),
+                                      outputs)
+                for name, outputs in engines.GRAPH_OUTPUTS.items()}
+    return sessions, precision
+
+
 def run_graphs(sessions: dict, probes: Probes) -> dict[str, np.ndarray]:
     """Run the three onnxruntime sessions in sequence on the probes, as the Recognizer does."""
     audio = dict(zip(("hidden_states", "frame_mask", "ctc_logits"), sessions["audio_encoder"].run(
@@ -206,24 +234,27 @@ def compare_batches(references: list[dict], exported: list[dict]) -> dict[str, f
     return merged
 
 
-def check_report(precision: str, report: dict, tolerance: float) -> None:
+def check_report(precision: str, report: dict, tolerance: float, advice: str | None = None) -> None:
     """``check_tolerance`` on the synthetic probes' figures and, where measured, the speech probes'."""
-    check_tolerance(precision, report, tolerance)
+    check_tolerance(precision, report, tolerance, advice=advice)
     if "speech" in report:
-        check_tolerance(precision, report["speech"], tolerance, probes="the speech probes")
+        check_tolerance(precision, report["speech"], tolerance, probes="the speech probes", advice=advice)
 
 
-def check_tolerance(precision: str, report: dict, tolerance: float, probes: str = "the synthetic probes") -> None:
-    """Raise ParityError when a variant's probabilities drift past ``tolerance`` or its frame mask differs."""
+def check_tolerance(precision: str, report: dict, tolerance: float, probes: str = "the synthetic probes",
+                    advice: str | None = None) -> None:
+    """Raise ParityError when a variant's probabilities drift past ``tolerance`` or its frame mask differs;
+    ``advice`` replaces the default way out the message offers."""
     worst = report["max_abs_probability"]
     if not np.isfinite(worst) or worst > tolerance or not report["frame_mask_equal"]:
+        advice = advice or (f"Leave {precision} out of --precision, or raise its tolerance with "
+                            f"--tolerance {precision}=VALUE if the difference is acceptable")
         raise ParityError(
             f"the {precision} variant does not match the PyTorch fp32 model on {probes}: "
             f"max |delta probability| = {worst:.3g} "
             f"(tolerance {tolerance:g}), max |delta logit| = {report['max_abs_logit']:.3g}, top-1 agreement "
             f"{report['top1_agreement']:.0%}, frame masks {'equal' if report['frame_mask_equal'] else 'DIFFER'}; "
-            f"nothing was written. Leave {precision} out of --precision, or raise its tolerance with "
-            f"--tolerance {precision}=VALUE if the difference is acceptable"
+            f"nothing was written. {advice}"
         )
 
 

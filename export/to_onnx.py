@@ -116,8 +116,9 @@ def _build(model: MMER, tokenizer_path: Path, probes: parity.ProbeSet, staging: 
     variants = {}
     for name in precisions:
         folder = steps.run(f"building the {name} graphs", _build_variant, name, fp32, traced, staging)
-        variants[name] = steps.run(f"measuring {name} parity", _measure_variant, name, folder, staging, probes,
-                                   reference, tolerances[name])
+        title = f"measuring {name} parity" + (" (onnxruntime, and OpenVINO)" if name == "fp32" else "")
+        variants[name] = steps.run(title, _measure_variant, name, folder, staging, probes, reference,
+                                   tolerances[name], tolerances["openvino"])
     shutil.rmtree(traced)
     if "fp32" not in precisions:
         shutil.rmtree(fp32)
@@ -193,11 +194,13 @@ def _build_variant(name: str, fp32: Path, traced: Path, staging: Path) -> Path:
 
 
 def _measure_variant(name: str, folder: Path, staging: Path, probes: parity.ProbeSet, reference: dict,
-                     tolerance: float) -> VariantEntry:
+                     tolerance: float, openvino_tolerance: float) -> VariantEntry:
     sessions, provider = _open_sessions(folder, prefer_cuda=name == "fp16")
     report = parity.measure(sessions, probes, reference)
     report.update(tolerance_probability=tolerance, provider=provider)
     parity.check_report(name, report, tolerance)
+    if name == "fp32":
+        _measure_openvino(folder, probes, reference, report, openvino_tolerance)
     entries = {}
     for graph_name in GRAPH_NAMES:
         path = folder / f"{graph_name}.onnx"
@@ -205,6 +208,25 @@ def _measure_variant(name: str, folder: Path, staging: Path, probes: parity.Prob
             file=path.relative_to(staging).as_posix(), sha256=sha256_file(path), opset=_opset(path),
         )
     return VariantEntry(precision=name, graphs=entries, parity=report)
+
+
+def _measure_openvino(folder: Path, probes: parity.ProbeSet, reference: dict, report: dict, tolerance: float):
+    """With OpenVINO installed, the fp32 graphs' parity under it (``engine="openvino"``), kept in the fp32 report
+    under "openvino" and held to its own tolerance."""
+    opened = parity.openvino_sessions(folder)
+    if opened is None:
+        report["openvino"] = {"measured": False, "reason": "openvino is not installed"}
+        return
+    sessions, precision = opened
+    found = parity.measure(sessions, probes, reference)
+    found.update(measured=True, inference_precision=precision, tolerance_probability=tolerance)
+    import openvino
+
+    found["version"] = openvino.__version__
+    report["openvino"] = found
+    parity.check_report(f"fp32 (run by OpenVINO in {precision})", found, tolerance, advice=(
+        "Raise its tolerance with --tolerance openvino=VALUE if the difference is acceptable, or export where "
+        "the openvino package is not installed (the model directory is then not checked under it)"))
 
 
 def _open_sessions(folder: Path, prefer_cuda: bool) -> tuple[dict, str]:
@@ -300,8 +322,8 @@ def _parse_tolerances(items: Sequence[str]) -> dict[str, float]:
             tolerances[name] = float(value)
         except ValueError:
             raise ExportError(f"--tolerance {item!r}: expected PRECISION=NUMBER, for example fp16=0.02") from None
-        if name not in PRECISIONS or not tolerances[name] > 0:
-            raise ExportError(f"--tolerance {item!r}: the precision must be one of {', '.join(PRECISIONS)} "
+        if name not in parity.TOLERANCES or not tolerances[name] > 0:
+            raise ExportError(f"--tolerance {item!r}: the precision must be one of {', '.join(parity.TOLERANCES)} "
                               "and the tolerance a positive number")
     return tolerances
 
@@ -347,6 +369,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             line += (f"; on {speech['clips']} speech clips {speech['max_abs_probability']:.2e}, "
                      f"{speech['max_abs_logit']:.2e}, {speech['top1_agreement']:.0%}")
         log(f"{line} ({report['provider']})")
+        if report.get("openvino", {}).get("measured"):
+            found = report["openvino"]
+            log(f"{name} under OpenVINO {found['inference_precision']}: max |delta probability| "
+                f"{found['max_abs_probability']:.2e}, top-1 agreement {found['top1_agreement']:.0%}"
+                + (f"; on speech {found['speech']['max_abs_probability']:.2e}, {found['speech']['top1_agreement']:.0%}"
+                   if "speech" in found else ""))
     log(f"wrote {args.out}")
     return 0
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from .audio import AudioSource, audio_feeds, load_clip
 from .batching import BatchBudget, plan_batches
+from .engines import check_engine, choose_engine, load_openvino_graphs
 from .errors import AudioError, DeviceError, InferenceError, MMERError, ModelDirError, TextError
 from .modeldir import (
     AUDIO_OUTPUTS, FUSION_INPUTS, FUSION_OUTPUTS, MANIFEST_NAME, PRECISIONS, TEXT_INPUTS, TEXT_OUTPUTS, audio_inputs,
@@ -116,7 +117,7 @@ class Recognizer:
 
     def __init__(
         self, model_dir: Path, manifest: ModelManifest, graphs: dict[str, Graph], tokenizer: TextTokenizer,
-        device: str, precision: str, batch_budget: BatchBudget, long_audio: str,
+        device: str, precision: str, batch_budget: BatchBudget, long_audio: str, engine: str = "onnxruntime",
     ):
         self.model_dir = model_dir
         self.manifest = manifest
@@ -125,6 +126,8 @@ class Recognizer:
         self.precision = precision
         self.batch_budget = batch_budget
         self.long_audio = long_audio
+        self.engine = engine
+        self.engine_choice: dict | None = None  # engine="auto": how the engine was chosen (mmer_rt/engines.py)
         self._graphs = graphs
         self._tokenizer = tokenizer
 
@@ -132,7 +135,7 @@ class Recognizer:
     def from_dir(
         cls, path: str | Path, device: str = "auto", precision: str = "auto", threads: int | None = None,
         batch_budget: BatchBudget | None = None, long_audio: str = "truncate",
-        shapes: ShapeBuckets | str | None = "auto", cuda_graphs: bool = False,
+        shapes: ShapeBuckets | str | None = "auto", cuda_graphs: bool = False, engine: str = "onnxruntime",
     ) -> "Recognizer":
         """Load a model directory written by ``python -m export.to_onnx``.
 
@@ -150,6 +153,10 @@ class Recognizer:
             Answers are the same either way (padding is masked).
           cuda_graphs: capture each bucket's shape as a CUDA graph and replay it (CUDA only; needs ``shapes``;
             see :meth:`warmup`). Off by default until measured on a GPU.
+          engine: ``"onnxruntime"``; ``"openvino"`` (the ``openvino`` extra: OpenVINO's CPU plugin runs the fp32
+            graphs, precision ``"auto"`` meaning bf16 arithmetic where the CPU has AMX or AVX512-BF16, else fp32;
+            ``"bf16"`` or ``"fp32"`` to choose); or ``"auto"``: the faster of the two for this model, CPU, thread
+            count and precision, timed on a probe clip at the first load and remembered (mmer_rt/engines.py).
 
         Raises:
           ModelDirError: a missing or unusable directory, manifest, tokenizer or graph, an unknown manifest
@@ -158,8 +165,10 @@ class Recognizer:
             head's, max_text_tokens and min_audio_samples against a probe run), or a requested precision the
             directory lacks.
           IntegrityError: a graph whose SHA-256 differs from the manifest's.
-          DeviceError: ``device="cuda"`` where CUDA is not available or does not start.
-          ValueError: an unknown device, precision or long-audio policy, or a bad thread count.
+          DeviceError: ``device="cuda"`` where CUDA is not available or does not start; engine="openvino"
+            without the openvino package, on CUDA, or with a precision it cannot give (int8, fp16; bf16 on a CPU
+            without bf16 dot products).
+          ValueError: an unknown device, precision, engine or long-audio policy, or a bad thread count.
         """
         if long_audio not in LONG_AUDIO_POLICIES:
             raise ValueError(f"long_audio must be one of {', '.join(LONG_AUDIO_POLICIES)}; got {long_audio!r}")
@@ -170,6 +179,14 @@ class Recognizer:
         resolved = resolve_device(device)
         if cuda_graphs and resolved != "cuda":
             raise DeviceError(f"cuda_graphs=True needs the CUDA device; device={device!r} resolved to {resolved!r}")
+        if check_engine(engine) != "onnxruntime" and resolved == "cpu":
+            recognizer = _other_engine(cls, model_dir, manifest, tokenizer, engine, precision, threads,
+                                       batch_budget or BatchBudget(), long_audio)
+            recognizer._fix_shapes(shapes, cuda_graphs)
+            return recognizer
+        if engine == "openvino":
+            raise DeviceError(f"engine='openvino' runs on the CPU; device={device!r} resolved to {resolved!r}: "
+                              "use device='cpu'")
         try:
             chosen, graphs = _load_variant(model_dir, manifest, resolved, precision, threads, cuda_graphs)
         except DeviceError as error:
@@ -214,7 +231,7 @@ class Recognizer:
     @property
     def providers(self) -> list[str]:
         """The execution providers the sessions actually run on, best first."""
-        return self._graphs["audio_encoder"].session.get_providers()
+        return self._graphs["audio_encoder"].providers
 
     def predict(self, audio: AudioSource, text: str | None = None, sample_rate: int | None = None) -> Prediction:
         """Recognise the emotion of one utterance.
@@ -425,6 +442,28 @@ class Recognizer:
             transcript_source="given" if given else "ctc", duration=duration, truncated=truncated,
             windows=len(rows),
         )
+
+
+def _other_engine(cls, model_dir: Path, manifest: ModelManifest, tokenizer: TextTokenizer, engine: str,
+                  precision: str, threads: int | None, budget: BatchBudget, long_audio: str) -> "Recognizer":
+    """engine="openvino", or engine="auto" on the CPU (mmer_rt/engines.py)."""
+    if engine == "openvino":
+        chosen, graphs = load_openvino_graphs(model_dir, manifest, precision, threads)
+        _probe(model_dir, manifest, graphs, tokenizer)
+        logger.info("mmer_rt: %s on the CPU under OpenVINO, fp32 graphs in %s arithmetic", model_dir, chosen)
+        return cls(model_dir, manifest, graphs, tokenizer, "cpu", chosen, budget, long_audio, engine="openvino")
+
+    def build(name: str) -> "Recognizer":
+        if name == "openvino":
+            return _other_engine(cls, model_dir, manifest, tokenizer, name, precision, threads, budget, long_audio)
+        chosen, graphs = _load_variant(model_dir, manifest, "cpu", precision, threads)
+        _probe(model_dir, manifest, graphs, tokenizer)
+        return cls(model_dir, manifest, graphs, tokenizer, "cpu", chosen, budget, long_audio)
+
+    recognizer, record = choose_engine(manifest, precision, threads, manifest.sample_rate,
+                                       manifest.max_audio_samples, build)
+    recognizer.engine_choice = record
+    return recognizer
 
 
 def _check_manifest(model_dir: Path, manifest: ModelManifest) -> None:

@@ -49,10 +49,15 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
-    """Graph optimisations on; ``threads`` intra-op threads (None lets onnxruntime use every core)."""
+def check_threads(threads: int | None) -> None:
+    """Raise ValueError unless ``threads`` is a positive integer or None (every core)."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a positive integer or None; got {threads!r}")
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """Graph optimisations on; ``threads`` intra-op threads (None lets onnxruntime use every core)."""
+    check_threads(threads)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or 0
@@ -108,12 +113,18 @@ class Graph:
         self.session = session
         self.name = name
         self.bind_device = bind_device
-        _check_contract(session, name, inputs, outputs)
+        check_contract_names(name, [node.name for node in session.get_inputs()],
+                             {node.name for node in session.get_outputs()}, inputs, outputs)
         self.captured = None
         if cuda_graphs:
             from .cudagraphs import CapturedRuns
 
             self.captured = CapturedRuns(session, bind_device or "cuda")
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers this session actually runs on, best first."""
+        return self.session.get_providers()
 
     def run(
         self, feeds: Mapping[str, Feed], host_outputs: Sequence[str] = (), device_outputs: Sequence[str] = (),
@@ -151,11 +162,11 @@ class Graph:
         return {name: value.numpy() if name in host_outputs else value for name, value in values.items()}
 
 
-def _check_contract(session: ort.InferenceSession, name: str, inputs: Sequence[str], outputs: Sequence[str]):
-    have_inputs = [node.name for node in session.get_inputs()]
-    have_outputs = {node.name for node in session.get_outputs()}
-    if sorted(have_inputs) != sorted(inputs) or not set(outputs) <= have_outputs:
+def check_contract_names(name: str, have_inputs: Sequence[str], have_outputs: set[str], inputs: Sequence[str],
+                         outputs: Sequence[str]) -> None:
+    """Raise ModelDirError unless a graph takes exactly ``inputs`` and gives at least ``outputs``."""
+    if sorted(have_inputs) != sorted(inputs) or not set(outputs) <= set(have_outputs):
         raise ModelDirError(
-            f"the {name} graph does not follow the graph contract: it takes {have_inputs} and gives "
+            f"the {name} graph does not follow the graph contract: it takes {list(have_inputs)} and gives "
             f"{sorted(have_outputs)}, but {list(inputs)} -> {list(outputs)} are expected"
         )
