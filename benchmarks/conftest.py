@@ -13,7 +13,10 @@ from dataclasses import asdict
 import pytest
 
 from .artifacts import RouteUnavailable, artifacts_for
-from .machine import describe, measured_matmul_gflops, onnxruntime_matmul_gflops, theoretical_cpu_gflops
+from .machine import (
+    arithmetic_for, arithmetic_peaks, describe, measured_matmul_gflops, onnxruntime_matmul_gflops,
+    theoretical_cpu_gflops,
+)
 from .memory import case_key, probe_in_subprocess
 from .routes import CPU_ROUTES, GPU_ROUTES, build_route
 from .suite import Settings, settings_from_env
@@ -112,8 +115,14 @@ class BenchSession:
         if device == "cuda":
             kind = "fp16" if precision == "fp16" else "fp32"
             return {f"gpu_{kind}_matmul_peak": self.peaks.get(f"gpu_{kind}_matmul")}
-        return {"cpu_fp32_peak": self.peaks["cpu_fp32_theoretical"],
-                "cpu_sgemm": self.peaks["cpu_fp32_matmul"]}
+        return {"cpu_arithmetic_peak": self.peaks.get(f"cpu_{self.arithmetic(device, precision)}"),
+                "cpu_fp32_peak": self.peaks["cpu_fp32_theoretical"], "cpu_sgemm": self.peaks["cpu_fp32_matmul"]}
+
+    def arithmetic(self, device: str, precision: str) -> str | None:
+        """The arithmetic whose peak a CPU route is held to: fp32 FMA, VNNI or AMX int8, AMX or AVX512 bf16."""
+        if device != "cpu":
+            return None
+        return arithmetic_for(precision, {k.removeprefix("cpu_"): v for k, v in self.peaks.items()})
 
     def _batches(self, route_name: str) -> tuple[int, ...]:
         return self.settings.gpu_batches if route_name in GPU_ROUTES else self.settings.batches
@@ -125,6 +134,7 @@ class BenchSession:
                  "cpu_fp32_matmul_torch": measured_matmul_gflops("cpu", "float32", threads, size, seconds),
                  "cpu_fp32_matmul_onnxruntime": onnxruntime_matmul_gflops(threads, size, seconds)}
         peaks["cpu_fp32_matmul"] = max(peaks["cpu_fp32_matmul_torch"], peaks["cpu_fp32_matmul_onnxruntime"])
+        peaks.update({f"cpu_{name}": value for name, value in arithmetic_peaks(threads).items()})
         import torch
 
         if torch.cuda.is_available():

@@ -20,6 +20,24 @@ from .micro import onnx_model
 # fp32 FLOPs per cycle per core: two FMA pipes x SIMD lanes x 2 (multiply and add). AVX-512 parts differ in FMA
 # pipe count; two is the common server figure and the table says so rather than guessing per model.
 FLOPS_PER_CYCLE = {"avx512f": 64, "avx2+fma": 32, "sse": 8}
+# The peak that fits each arithmetic, in operations (a multiply-add is 2) per cycle per core, by the unit that would
+# run it: AVX512-BF16's VDPBF16PS (16 lanes x 2 products, two ports), VNNI's VPDPBUSD (16 lanes x 4 int8 products,
+# two ports; the 256-bit AVX-VNNI form half that), and AMX's tile products (TDPBF16PS 16x16x32 and TDPBSSD 16x16x64
+# multiply-adds in 16 cycles: 1024 bf16 FLOP and 2048 int8 OP per cycle). Figures from Intel's instruction
+# tables for Sapphire Rapids; a virtual CPU may give less.
+ARITHMETIC_OPS_PER_CYCLE = {
+    "amx_int8": ("amx_int8", 2048), "vnni_int8": ("avx512_vnni", 256), "avx_vnni_int8": ("avx_vnni", 128),
+    "amx_bf16": ("amx_bf16", 1024), "avx512_bf16": ("avx512_bf16", 128),
+}
+# Per route precision, the units that could run its products, fastest first; the first the CPU has is its peak.
+# fp32 routes: the FMA peak of the widest SIMD. An int8 route's graphs keep some work in fp32 (the front end), so
+# its fraction of the int8 peak understates how busy the int8 units were.
+ARITHMETIC_FOR_PRECISION = {
+    "int8": ("amx_int8", "vnni_int8", "avx_vnni_int8"),
+    "bf16": ("amx_bf16", "avx512_bf16"),
+}
+ISA_FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16",
+                "amx_int8", "amx_tile")
 
 
 def cpu_info() -> dict:
@@ -46,7 +64,27 @@ def cpu_info() -> dict:
         "mhz": mhz,
         "simd": simd,
         "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
+        "bf16": bool({"amx_bf16", "avx512_bf16"} & flags),
+        "isa": [feature for feature in ISA_FEATURES if feature in flags],
     }
+
+
+def arithmetic_peaks(threads: int) -> dict[str, float]:
+    """Theoretical peaks in GOP/s of ``threads`` cores for each arithmetic this CPU has (``fp32_fma`` and the
+    ARITHMETIC_OPS_PER_CYCLE units whose flag /proc/cpuinfo lists); empty when the clock is unknown."""
+    info = cpu_info()
+    if info["mhz"] is None:
+        return {}
+    peaks = {"fp32_fma": threads * FLOPS_PER_CYCLE[info["simd"]] * info["mhz"] / 1000.0}
+    for name, (flag, per_cycle) in ARITHMETIC_OPS_PER_CYCLE.items():
+        if flag in info["isa"]:
+            peaks[name] = threads * per_cycle * info["mhz"] / 1000.0
+    return {name: round(value, 1) for name, value in peaks.items()}
+
+
+def arithmetic_for(precision: str, peaks: dict[str, float]) -> str:
+    """The name of the peak a route of ``precision`` is measured against (see ARITHMETIC_FOR_PRECISION)."""
+    return next((name for name in ARITHMETIC_FOR_PRECISION.get(precision, ()) if name in peaks), "fp32_fma")
 
 
 def theoretical_cpu_gflops(threads: int) -> float | None:

@@ -28,7 +28,7 @@ def test_end_to_end(benchmark, bench, case):
     times = list(benchmark.stats.stats.data) if benchmark.stats else [warm_up_seconds]
     benchmark.extra_info.update(
         route=route_name, device=route.device, precision=route.precision, clip_seconds=clip_seconds,
-        batch_size=batch_size, threads=bench.settings.threads, audio_seconds=round(workload.audio_seconds, 3),
+        batch_size=batch_size, threads=bench.settings.threads, arithmetic=bench.arithmetic(route.device, route.precision), audio_seconds=round(workload.audio_seconds, 3),
         tokens_mean=float(sum(bench.token_counts(workload)) / batch_size),
         **latency_figures(times, workload),
         **flop_figures(bench.artifacts.config(), workload, bench.token_counts(workload),

@@ -21,6 +21,11 @@ WAVEFORM_SCOPES = ("/normalize/", "/front_end/first/")
 # Not Conv: ConvInteger was slower than the fp32 Conv, and 8-bit activations in the convolutional front end moved
 # the demo model's top-1 decision on 11% of its held-out clips (export/DESIGN.md).
 INT8_OPS = ("MatMul", "Attention")
+# The graphs the int8 variant quantises; the others are the fp32 graphs, unchanged. Chosen per graph by measured error
+# and time (export/DESIGN.md, "int8, graph by graph"; `python -m benchmarks.int8_graphs`): the audio graph is most of
+# the time and little of the error; the text graph little of the time and most of the error (with a pretrained BERT
+# text encoder, quantising it alone moved probabilities by 1.6e-2); the fusion graph is a few percent of the time.
+INT8_GRAPHS = ("audio_encoder",)
 
 
 def to_fp16(source: Path, target: Path) -> Path:

@@ -188,8 +188,10 @@ def _build_variant(name: str, fp32: Path, traced: Path, staging: Path) -> Path:
     for graph_name in GRAPH_NAMES:
         if name == "fp16":
             precision.to_fp16(traced / "gpu" / f"{graph_name}.onnx", folder / f"{graph_name}.onnx")
-        else:
+        elif graph_name in precision.INT8_GRAPHS:
             precision.to_int8(fp32 / f"{graph_name}.onnx", folder / f"{graph_name}.onnx")
+        else:  # kept fp32 inside the int8 variant (precision.INT8_GRAPHS says why)
+            shutil.copyfile(fp32 / f"{graph_name}.onnx", folder / f"{graph_name}.onnx")
     return folder
 
 
@@ -270,6 +272,8 @@ def _manifest(model: MMER, variants: dict[str, VariantEntry], fused: dict, probe
             "exporter": f"torch.onnx.export (TorchScript, dynamo=False), opset {graphs.OPSET}",
             # Per variant: the CPU graphs (fp32, int8) keep residual Adds apart from LayerNorm, fp16's fuse them.
             "fused_ops": {name: fused["gpu" if name == "fp16" else "cpu"] for name in variants},
+            # The int8 variant quantises only these graphs; its others are fp32 (export/precision.py INT8_GRAPHS).
+            "int8_graphs": list(precision.INT8_GRAPHS) if "int8" in variants else [],
             "parity_probes": probe_description,
         },
     )

@@ -173,7 +173,18 @@ class OpenVINOGraph:
 
 def open_openvino_graph(path: str | Path, name: str, precision: str, threads: int | None,
                         format_version: int = FORMAT_VERSION) -> OpenVINOGraph:
-    """Compile one ONNX graph for the CPU plugin in ``precision`` ("bf16" or "fp32") on ``threads`` threads.
+    """The model directory's graph ``name`` (audio_encoder, text_encoder or fusion), compiled by
+    :func:`compile_for_cpu` and checked against the graph contract.
+
+    Raises:
+      ModelDirError: OpenVINO cannot read or compile the file, or it breaks the graph contract.
+    """
+    inputs, outputs = contract(format_version)[name]
+    return OpenVINOGraph(compile_for_cpu(path, precision, threads), name, inputs, outputs, precision)
+
+
+def compile_for_cpu(path: str | Path, precision: str, threads: int | None):
+    """An ONNX file compiled by OpenVINO's CPU plugin in ``precision`` ("bf16" or "fp32") on ``threads`` threads.
 
     Raises:
       ModelDirError: OpenVINO cannot read or compile the file.
@@ -190,11 +201,9 @@ def open_openvino_graph(path: str | Path, name: str, precision: str, threads: in
         model = core.read_model(str(path))
         if precision == "bf16":
             dense_small_group_convolutions(model)
-        compiled = core.compile_model(model, "CPU", config)
+        return core.compile_model(model, "CPU", config)
     except Exception as error:  # OpenVINO raises plain RuntimeError/Exception for unreadable or unsupported graphs
         raise ModelDirError(f"{path}: OpenVINO cannot load this graph ({error})") from error
-    inputs, outputs = contract(format_version)[name]
-    return OpenVINOGraph(compiled, name, inputs, outputs, precision)
 
 
 # OpenVINO 2026.4's CPU plugin computes a bf16 GroupConvolution wrongly when a group has 4 to 15 channels and the

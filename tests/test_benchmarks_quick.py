@@ -171,12 +171,40 @@ def test_report_computes_speedups_against_the_fastest_pytorch_and_judges_targets
     speedups = {c["route"]: c["speedup"] for c in run.cases}
     assert speedups == pytest.approx({"pytorch-eager": 2 / 3, "pytorch-sdpa": 1.0, "mmer-rt-fp32": 2.0,
                                       "mmer-rt-int8": 1.6, "optimum-fp32": 1.25, "optimum-int8": 2.0})
-    fp32_line, int8_line = report.target_lines(run.cases)
+    fp32_line, int8_line, openvino_line = report.target_lines(run.cases)
+    assert openvino_line == "- mmer-rt-openvino: not in this run"
     assert "2.00x" in fp32_line and "target 1.25x: met" in fp32_line and "ahead of optimum" in fp32_line
     assert "target 2.0x: not met" in int8_line and "98%" in int8_line and "behind" in int8_line
     text = report.markdown(run, command="pytest benchmarks/")
     assert "- GPU: none" in text and "batches [1, 8];" in text
     assert "Test CPU" in text and "| mmer-rt-fp32 | 2.00x | 2.00x |" in text and "`pytest benchmarks/`" in text
+
+
+def test_report_judges_issue_15s_targets_per_case_against_every_pytorch_route(tmp_path):
+    cases = [_case("pytorch-sdpa", 600.0, clip=5.0, batch=8), _case("pytorch-sdpa-bf16", 400.0, clip=5.0, batch=8),
+             _case("pytorch-int8-dynamic", 500.0, clip=5.0, batch=8), _case("mmer-rt-openvino", 150.0, clip=5.0, batch=8),
+             _case("mmer-rt-int8", 200.0, clip=5.0, batch=8), _case("pytorch-sdpa-bf16", 60.0, clip=5.0),
+             _case("mmer-rt-openvino", 40.0, clip=5.0)]
+    run = report.load_runs([_write_run(tmp_path / "run.json", cases)])
+    lines = report.target_lines(run.cases)
+    # The fastest PyTorch route is bf16 autocast (400 ms), not fp32 sdpa.
+    assert "- mmer-rt-openvino at 5 s x 8: 2.67x the fastest PyTorch route; target 2.5x: met" in lines
+    assert "- mmer-rt-int8 at 5 s x 8: 2.00x the fastest PyTorch route; target 2.5x: not met" in lines
+    assert "- mmer-rt-openvino at 5 s x 1: 1.50x the fastest PyTorch route; target 2.0x: not met" in lines
+
+
+def test_each_route_is_held_to_the_peak_of_its_arithmetic(monkeypatch):
+    from benchmarks import machine
+
+    monkeypatch.setattr(machine, "cpu_info", lambda: {"mhz": 2000.0, "simd": "avx512f", "isa": [
+        "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]})
+    peaks = machine.arithmetic_peaks(2)
+    assert peaks == {"fp32_fma": 256.0, "amx_int8": 8192.0, "vnni_int8": 1024.0, "amx_bf16": 4096.0,
+                     "avx512_bf16": 512.0}
+    assert [machine.arithmetic_for(p, peaks) for p in ("fp32", "int8", "bf16")] == ["fp32_fma", "amx_int8", "amx_bf16"]
+    without_amx = {k: v for k, v in peaks.items() if not k.startswith("amx")}
+    assert [machine.arithmetic_for(p, without_amx) for p in ("int8", "bf16")] == ["vnni_int8", "avx512_bf16"]
+    assert machine.arithmetic_for("int8", {"fp32_fma": 1.0}) == "fp32_fma"
 
 
 def test_report_judges_the_gpu_targets_on_cuda_cases(tmp_path):
@@ -223,7 +251,11 @@ def test_quick_suite_runs_end_to_end_and_reports(tmp_path):
                            f"--benchmark-json={result_json}"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     routes = {b["extra_info"]["route"] for b in json.loads(result_json.read_text())["benchmarks"]}
-    assert {"pytorch-eager", "pytorch-sdpa", "mmer-rt-fp32", "mmer-rt-int8"} <= routes
+    assert {"pytorch-eager", "pytorch-sdpa", "pytorch-int8-dynamic", "mmer-rt-fp32", "mmer-rt-int8",
+            "mmer-rt-openvino"} <= routes
+    from benchmarks.machine import cpu_info
+
+    assert ("pytorch-sdpa-bf16" in routes) == cpu_info()["bf16"]
     report.main([str(result_json), "--out", str(tmp_path)])
     assert (tmp_path / "quick.png").is_file()
 

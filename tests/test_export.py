@@ -111,8 +111,11 @@ def test_int8_quantises_matmuls_and_attention_and_leaves_the_convolutions_in_fp3
     assert _ops_in(int8, "")["QAttention"] == 2 and _ops_in(int8, "")["Attention"] == 0
     assert _ops_in(int8, "/front_end/")["MatMulInteger"] == 0 and _ops_in(int8, "/front_end/first/")["MatMul"]
     assert _ops_in(int8, "/front_end/rest.")["Conv"] == 2 and _ops_in(int8, "")["MatMulInteger"] > 0
-    text = model_dir / manifest.variants["int8"].graphs["text_encoder"].file
-    assert _ops_in(text, "")["QAttention"] == 2
+    # The text and fusion graphs stay fp32 inside the int8 variant (export/precision.py INT8_GRAPHS): the same files.
+    assert manifest.extra["int8_graphs"] == ["audio_encoder"]
+    for name in ("text_encoder", "fusion"):
+        assert manifest.variants["int8"].graphs[name].sha256 == manifest.variants["fp32"].graphs[name].sha256
+        assert _ops_in(model_dir / manifest.variants["int8"].graphs[name].file, "")["MatMulInteger"] == 0
 
 
 def test_fp16_audio_graph_holds_no_conv_and_matches_fp32(model_dir):
