@@ -9,6 +9,7 @@ Settings come from the environment so that CI and the lead's measurement run the
   MMER_BENCH_CLIPS=2,5    clip lengths in seconds (default 2,5,10; quick 1,2)
   MMER_BENCH_GPU_BATCHES=1,32   batch sizes of the GPU cases (default 1,8,32,128; quick 1,4): what a device lease
                           of 15 minutes holds (scripts/gpu_bench.sh lease)
+  MMER_BENCH_BATCHES=1,8  batch sizes of the CPU cases (default 1,8; quick 1,2): a reduced set for a busy machine
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ def settings_from_env(quick: bool = False) -> Settings:
         settings = Settings(False, "base", (2.0, 5.0, 10.0), (1, 8), (1, 8, 32, 128), threads, seconds, 3, 100,
                             memory)
     clips, gpu_batches = os.environ.get("MMER_BENCH_CLIPS"), os.environ.get("MMER_BENCH_GPU_BATCHES")
+    batches = os.environ.get("MMER_BENCH_BATCHES")
     return replace(settings, clips=_numbers(clips, float) if clips else settings.clips,
+                   batches=_numbers(batches, int) if batches else settings.batches,
                    gpu_batches=_numbers(gpu_batches, int) if gpu_batches else settings.gpu_batches)
 
 

@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--session", action="append", default=[], help="keep only this session (repeatable)")
-    parser.add_argument("--precision", default="fp32,int8")
+    parser.add_argument("--precision", default="fp32,int8",
+                        help="comma-separated: fp32, int8, and openvino (engine='openvino': the fp32 graphs in bf16 "
+                             "where the CPU has it)")
     parser.add_argument("--json", type=Path, help="write the figures to this file")
     args = parser.parse_args(argv)
 
@@ -34,13 +36,16 @@ def main(argv: list[str] | None = None) -> dict:
         utterances = [u for u in utterances if u.session in set(args.session)]
     report: dict = {"utterances": len(utterances), "sessions": args.session}
     predicted: dict[str, list[str]] = {}
+    probabilities: dict[str, list[list[float]]] = {}
     for precision in args.precision.split(","):
-        recognizer = Recognizer.from_dir(args.model_dir, device="cpu", precision=precision)
+        recognizer = Recognizer.from_dir(args.model_dir, device="cpu", precision=precision) \
+            if precision != "openvino" else Recognizer.from_dir(args.model_dir, device="cpu", engine="openvino")
         labels = recognizer.labels
         started = time.perf_counter()
         predictions = recognizer.predict_batch([(str(u.audio), u.text) for u in utterances])
         seconds = time.perf_counter() - started
         predicted[precision] = [p.label for p in predictions]
+        probabilities[precision] = [[p.scores[label] for label in labels] for p in predictions]
         scores = score([labels.index(u.label) for u in utterances],
                        [labels.index(p.label) for p in predictions], labels)
         audio_s = sum(p.duration for p in predictions)
@@ -49,11 +54,15 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\n{precision}: {len(utterances)} held-out utterances, WA {scores.wa:.3f}  UA {scores.ua:.3f}  "
               f"({seconds:.1f} s, {audio_s / seconds:.0f}x real time)")
         print(scores.table())
-    if "fp32" in predicted and "int8" in predicted:
-        same = sum(a == b for a, b in zip(predicted["fp32"], predicted["int8"]))
-        report["int8_top1_agreement"] = same / len(utterances)
-        print(f"\nint8 agrees with fp32 on {same} of {len(utterances)} utterances "
-              f"({100 * same / len(utterances):.1f}% top-1 agreement)")
+    for other in ("int8", "openvino"):
+        if "fp32" in predicted and other in predicted:
+            same = sum(a == b for a, b in zip(predicted["fp32"], predicted[other]))
+            moved = max(abs(a - b) for row, other_row in zip(probabilities["fp32"], probabilities[other])
+                        for a, b in zip(row, other_row))
+            report[f"{other}_top1_agreement"] = same / len(utterances)
+            report[f"{other}_max_abs_probability"] = moved
+            print(f"\n{other} agrees with fp32 on {same} of {len(utterances)} utterances "
+                  f"({100 * same / len(utterances):.1f}% top-1 agreement); max |delta probability| {moved:.2e}")
 
     recognizer = Recognizer.from_dir(args.model_dir, device="cpu", precision="fp32")
     print("\nsome predictions, one per emotion, then two with no transcript (the CTC head's greedy one is used):")

@@ -97,6 +97,13 @@ def test_quick_settings_come_from_the_environment(monkeypatch):
     assert isinstance(settings, Settings) and settings.quick and settings.size == "quick" and settings.threads == 3
 
 
+def test_a_reduced_set_of_cases_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MMER_BENCH_CLIPS", "5")
+    monkeypatch.setenv("MMER_BENCH_BATCHES", "1,8")
+    settings = settings_from_env()
+    assert settings.clips == (5.0,) and settings.batches == (1, 8) and settings.size == "base"
+
+
 def test_missing_optimum_graphs_skip_with_the_command_that_builds_them(tmp_path):
     artifacts = Artifacts("quick", seed=0, root=tmp_path)
     with pytest.raises(RouteUnavailable, match=r"bash scripts/optimum_env.sh --quick"):
