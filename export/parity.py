@@ -171,6 +171,11 @@ class OpenVINOSession:
     def __init__(self, graph, outputs):
         self.graph, self.outputs = graph, tuple(outputs)
 
+    def get_inputs(self):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(name=port.any_name) for port in self.graph.compiled.inputs]
+
     def run(self, names, feeds):
         wanted = tuple(names or self.outputs)
         results = self.graph.run(feeds, host_outputs=wanted)
