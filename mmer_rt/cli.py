@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from .batching import BatchBudget
 from .errors import MMERError, TextError
-from .modeldir import PRECISIONS, ModelManifest
-from .recognizer import LONG_AUDIO_POLICIES, Prediction, Recognizer, Utterance
-from .session import DEVICES
+from .cli_options import add_long_audio_option, add_model_options, model_options
+from .modeldir import ModelManifest
+from .recognizer import Prediction, Recognizer, Utterance
 
 # Commands of the extras: each module parses its own arguments, so that mmer_rt's core never imports it.
 EXTRA_COMMANDS = {"serve": ("mmer_rt.serve.command", "serve a model over HTTP (the [serve] extra)"),
@@ -74,18 +74,11 @@ def _parser() -> argparse.ArgumentParser:
         "without --text or --transcripts the CTC head's greedy transcript is used",
     )
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
-    predict.add_argument("--device", choices=DEVICES, default="auto",
-                         help="auto: CUDA when onnxruntime offers it and it starts, else the CPU "
-                              "(default: %(default)s)")
-    predict.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
-                         help="graphs to run; auto: fp16 on CUDA, int8 on the CPU, where the directory holds them, "
-                              "else fp32 (default: %(default)s)")
+    add_model_options(predict)
     predict.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
     predict.add_argument("--batch-size", type=_positive_int, default=BatchBudget.max_items,
                          help="most clips per batch (default: %(default)s)")
-    predict.add_argument("--long-audio", choices=LONG_AUDIO_POLICIES, default="truncate",
-                         help="audio longer than the model's maximum: truncate to its start, or window (average "
-                              "full-length windows) (default: %(default)s)")
+    add_long_audio_option(predict)
     predict.add_argument("--fail-fast", action="store_true",
                          help="stop at the first file that fails (default: answer every other file, report each "
                               "failure on stderr and exit with status 1)")
@@ -113,7 +106,7 @@ def _positive_int(text: str) -> int:
 def _predict(args: argparse.Namespace) -> int:
     texts = _transcripts(args)
     recognizer = Recognizer.from_dir(
-        args.model, device=args.device, precision=args.precision, threads=args.threads,
+        args.model, **model_options(args), threads=args.threads,
         batch_budget=BatchBudget(max_items=args.batch_size), long_audio=args.long_audio,
     )
     failed = 0

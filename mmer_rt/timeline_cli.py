@@ -12,8 +12,7 @@ from tqdm import tqdm
 
 from .batching import BatchBudget
 from .errors import TimelineError
-from .modeldir import PRECISIONS
-from .session import DEVICES
+from .cli_options import add_model_options, model_options
 from .timeline import Segmentation, Timeline, read_rttm, timeline
 
 SEGMENT_KEYS = ("start", "end", "speaker", "label", "scores", "transcript", "transcript_source")
@@ -38,11 +37,7 @@ def add_timeline_command(commands) -> None:
     command.add_argument("--hop", type=float, help="step between windows in seconds (default: the window)")
     command.add_argument("--smoothing", type=_non_negative_int, default=0,
                          help="average each segment's scores with this many neighbours each side (default 0: off)")
-    command.add_argument("--device", choices=DEVICES, default="auto",
-                         help="auto: CUDA when onnxruntime offers it and it starts, else the CPU (default: %(default)s)")
-    command.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
-                         help="graphs to run; auto: fp16 on CUDA, int8 on the CPU, where the directory holds them, "
-                              "else fp32 (default: %(default)s)")
+    add_model_options(command)
     command.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
     command.add_argument("--batch-size", type=_positive_int, default=BatchBudget.max_items,
                          help="most windows per batch (default: %(default)s)")
@@ -71,8 +66,7 @@ def run_timeline(args: argparse.Namespace) -> int:
         print(f"mmer-rt timeline: error: {error}", file=sys.stderr)
         return 2
     speakers = _turns(args.rttm, args.file) if args.rttm is not None else None
-    recognizer = Recognizer.from_dir(args.model, device=args.device, precision=args.precision,
-                                     threads=args.threads, batch_budget=budget)
+    recognizer = Recognizer.from_dir(args.model, **model_options(args), threads=args.threads, batch_budget=budget)
     with tqdm(total=_seconds(args.file), unit="s", disable=None, file=sys.stderr,
               bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} s [{elapsed}<{remaining}]") as bar:
         result = timeline(recognizer, args.file, speakers=speakers, transcript=args.transcript,

@@ -13,7 +13,7 @@ from dataclasses import MISSING, fields
 import pytest
 
 
-class _Caught(Exception):
+class _Caught(BaseException):  # not Exception: mmer-rt reports any Exception as a crash (status 70)
     def __init__(self, parser: argparse.ArgumentParser):
         self.parser = parser
 
@@ -33,11 +33,15 @@ def _entry_points() -> dict:
         "python -m export.to_onnx": export.to_onnx.main,
         "python -m training.import_official": training.import_official.main,
         "mmer-rt": mmer_rt.cli.main,
+        # Subcommands that parse their own arguments (mmer_rt.cli.EXTRA_COMMANDS) are reached through mmer-rt too.
+        **{f"mmer-rt {name}": (lambda argv, name=name: mmer_rt.cli.main([name, *argv]))
+           for name in mmer_rt.cli.EXTRA_COMMANDS},
     }
 
 
 COMMANDS = ("python -m training.train", "python -m training.evaluate", "python -m training.loso",
-            "python -m export.to_onnx", "python -m training.import_official", "mmer-rt")
+            "python -m export.to_onnx", "python -m training.import_official", "mmer-rt", "mmer-rt serve",
+            "mmer-rt score")
 
 
 def parser_of(command: str, monkeypatch) -> argparse.ArgumentParser:

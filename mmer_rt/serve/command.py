@@ -13,9 +13,8 @@ import sys
 from typing import Sequence
 
 from ..batching import BatchBudget
-from ..modeldir import PRECISIONS
-from ..recognizer import LONG_AUDIO_POLICIES, Recognizer
-from ..session import DEVICES
+from ..cli_options import add_long_audio_option, add_model_options, model_options
+from ..recognizer import Recognizer
 from .batcher import BatcherConfig
 
 logger = logging.getLogger("mmer_rt.serve")
@@ -31,11 +30,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, metavar="DIR", help="model directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_port, default=8080)
-    p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto")
+    p.add_argument("--port", type=_port, default=8080, help="TCP port to listen on (default %(default)s)")
+    add_model_options(p)
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads per graph run (default: all)")
-    p.add_argument("--long-audio", choices=LONG_AUDIO_POLICIES, default="truncate")
+    add_long_audio_option(p)
     p.add_argument("--max-batch", type=_positive_int, default=budget.max_items,
                    help="most utterances in one graph run (default %(default)s)")
     p.add_argument("--max-batch-seconds", type=_positive_float, default=budget.max_seconds,
@@ -52,7 +50,8 @@ def parser() -> argparse.ArgumentParser:
                    help="graph runs at once on the one model (default %(default)s)")
     p.add_argument("--decode-threads", type=_positive_int, default=defaults.decode_threads,
                    help="threads decoding and resampling requests (default %(default)s)")
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                   help="the server's and uvicorn's log level (default %(default)s)")
     return p
 
 
@@ -72,7 +71,7 @@ def main(argv: Sequence[str]) -> int:
 def load_recognizer(args: argparse.Namespace, cls: type[Recognizer] = Recognizer) -> Recognizer:
     """The Recognizer that the parsed arguments describe (``cls``: Recognizer or a subclass)."""
     return cls.from_dir(
-        args.model, device=args.device, precision=args.precision, threads=args.threads,
+        args.model, **model_options(args), threads=args.threads,
         batch_budget=BatchBudget(max_items=args.max_batch, max_seconds=args.max_batch_seconds),
         long_audio=args.long_audio,
     )

@@ -27,9 +27,9 @@ from tqdm import tqdm
 from ..batching import BatchBudget
 from ..corpus import resolve_audio, row_id
 from ..errors import ManifestError, MMERError, ResultsError
-from ..modeldir import PRECISIONS, ModelManifest
-from ..recognizer import LONG_AUDIO_POLICIES, Prediction, Recognizer, Utterance
-from ..session import DEVICES
+from ..cli_options import add_long_audio_option, add_model_options, model_options
+from ..modeldir import ModelManifest
+from ..recognizer import Prediction, Recognizer, Utterance
 
 logger = logging.getLogger("mmer_rt")
 
@@ -339,13 +339,12 @@ def parser() -> argparse.ArgumentParser:
                    help="CPUs (and onnxruntime threads) per Ray actor (default %(default)s)")
     p.add_argument("--chunk", type=_positive_int, default=DEFAULT_CHUNK,
                    help="utterances per predict_batch call and per Ray batch (default %(default)s)")
-    p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto")
+    add_model_options(p)
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="onnxruntime threads (default: all cores; with --ray: --cpus-per-actor)")
     p.add_argument("--batch-size", type=_positive_int, default=BatchBudget.max_items,
                    help="most clips per graph run (default %(default)s)")
-    p.add_argument("--long-audio", choices=LONG_AUDIO_POLICIES, default="truncate")
+    add_long_audio_option(p)
     return p
 
 
@@ -358,8 +357,7 @@ def _positive_int(text: str) -> int:
 def main(argv: Sequence[str]) -> int:
     """Run ``mmer-rt score`` with ``argv`` (the words after ``score``); MMERErrors are the caller's to report."""
     args = parser().parse_args(argv)
-    options = {"device": args.device, "precision": args.precision,
-               "batch_budget": BatchBudget(max_items=args.batch_size), "long_audio": args.long_audio}
+    options = {**model_options(args), "batch_budget": BatchBudget(max_items=args.batch_size), "long_audio": args.long_audio}
     if args.threads is not None:
         options["threads"] = args.threads
     if args.ray is None and (args.actors is not None or args.cpus_per_actor != 1):
