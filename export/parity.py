@@ -182,16 +182,17 @@ class OpenVINOSession:
         return [results[name] for name in wanted]
 
 
-def openvino_sessions(folder: Path) -> tuple[dict, str] | None:
-    """The three fp32 graphs of ``folder`` compiled by OpenVINO in the arithmetic the runtime would pick on this
-    CPU (bf16 on AMX or AVX512-BF16, else fp32), and that precision; None when OpenVINO is not installed."""
+def openvino_sessions(folder: Path, format_version: int) -> tuple[dict, str] | None:
+    """The three fp32 graphs of ``folder`` (a model directory of ``format_version``) compiled by OpenVINO in the
+    arithmetic the runtime would pick on this CPU (bf16 on AMX or AVX512-BF16, else fp32), and that precision; None
+    when OpenVINO is not installed."""
     from mmer_rt import engines
 
     if not engines.openvino_available():
         return None
     precision = engines.openvino_precision("auto")
-    sessions = {name: OpenVINOSession(engines.open_openvino_graph(folder / f"{name}.onnx", name, precision, None),
-                                      outputs)
+    sessions = {name: OpenVINOSession(engines.open_openvino_graph(folder / f"{name}.onnx", name, precision, None,
+                                                                  format_version), outputs)
                 for name, outputs in engines.GRAPH_OUTPUTS.items()}
     return sessions, precision
 

@@ -118,7 +118,7 @@ def _build(model: MMER, tokenizer_path: Path, probes: parity.ProbeSet, staging: 
         folder = steps.run(f"building the {name} graphs", _build_variant, name, fp32, traced, staging)
         title = f"measuring {name} parity" + (" (onnxruntime, and OpenVINO)" if name == "fp32" else "")
         variants[name] = steps.run(title, _measure_variant, name, folder, staging, probes, reference,
-                                   tolerances[name], tolerances["openvino"])
+                                   tolerances[name], tolerances["openvino"], format_version)
     shutil.rmtree(traced)
     if "fp32" not in precisions:
         shutil.rmtree(fp32)
@@ -196,13 +196,14 @@ def _build_variant(name: str, fp32: Path, traced: Path, staging: Path) -> Path:
 
 
 def _measure_variant(name: str, folder: Path, staging: Path, probes: parity.ProbeSet, reference: dict,
-                     tolerance: float, openvino_tolerance: float) -> VariantEntry:
+                     tolerance: float, openvino_tolerance: float,
+                     format_version: int = FORMAT_VERSION) -> VariantEntry:
     sessions, provider = _open_sessions(folder, prefer_cuda=name == "fp16")
     report = parity.measure(sessions, probes, reference)
     report.update(tolerance_probability=tolerance, provider=provider)
     parity.check_report(name, report, tolerance)
     if name == "fp32":
-        _measure_openvino(folder, probes, reference, report, openvino_tolerance)
+        _measure_openvino(folder, probes, reference, report, openvino_tolerance, format_version)
     entries = {}
     for graph_name in GRAPH_NAMES:
         path = folder / f"{graph_name}.onnx"
@@ -212,10 +213,11 @@ def _measure_variant(name: str, folder: Path, staging: Path, probes: parity.Prob
     return VariantEntry(precision=name, graphs=entries, parity=report)
 
 
-def _measure_openvino(folder: Path, probes: parity.ProbeSet, reference: dict, report: dict, tolerance: float):
+def _measure_openvino(folder: Path, probes: parity.ProbeSet, reference: dict, report: dict, tolerance: float,
+                      format_version: int = FORMAT_VERSION):
     """With OpenVINO installed, the fp32 graphs' parity under it (``engine="openvino"``), kept in the fp32 report
     under "openvino" and held to its own tolerance."""
-    opened = parity.openvino_sessions(folder)
+    opened = parity.openvino_sessions(folder, format_version)
     if opened is None:
         report["openvino"] = {"measured": False, "reason": "openvino is not installed"}
         return
