@@ -26,9 +26,9 @@ def evaluate_checkpoint(checkpoint: str | Path, manifest: str | Path, sessions=(
                         batch_size: int = 8, device: str = "auto", threads: int = 0) -> Scores:
     """Score ``checkpoint`` on the manifest's utterances, optionally only those of some sessions or speakers.
 
-    ``threads``: intra-op CPU threads, 0 for the measured default (``training.train.threads_for``).
+    ``threads``: intra-op CPU threads, 0 for the measured default, one per core (``training.train.threads_for``).
     """
-    torch.set_num_threads(threads_for(threads))
+    torch.set_num_threads(threads_for(threads, training=False))
     model, tokenizer_path = load_checkpoint(checkpoint)
     labels = list(model.config.labels)
     utterances = read_manifest(manifest, labels=labels)
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> Scores:
                         help="auto (CUDA when torch sees a GPU), cpu, cuda or any torch device name "
                              "(default: %(default)s)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="intra-op CPU threads (default: 0 = the measured choice, 1 thread; see the README's "
+                        help="intra-op CPU threads (default: 0 = the measured choice, one per core; see the README's "
                              "'Training on several GPUs or machines')")
     parser.add_argument("--json", type=Path, help="also write the scores to this JSON file")
     args = parser.parse_args(argv)

@@ -196,21 +196,22 @@ class Progress:
     global_batch: int = 0  # utterances per step over all ranks: batch_in_epoch counts batches of this size
 
 
-def threads_for(requested: int) -> int:
-    """Intra-op threads for one training or evaluation process: ``requested``, or (0) the measured choice, 1.
+def threads_for(requested: int, training: bool = True) -> int:
+    """Intra-op threads for one training (or, ``training=False``, evaluation) process: ``requested``, or (0) the
+    measured choice: 1 for training, torch's default of one per core for evaluation.
 
-    Measured with ``python -m benchmarks.train_threads`` on 2 busy Xeon cores (README, "Training on several GPUs or
-    machines"): a training step of the demo's small preset took a tenth of the time with one thread that it took
-    with torch's default of one thread per core, and evaluation a fifth (issue 16 saw a half and a third on a less
-    busy machine): at these widths a matrix product is too small to split across threads, and a second thread
-    waits on the data loading and on other work on the machine. One DataLoader worker (``--workers 1``, the
-    default) was 1.15x faster than loading in the training process. Under torchrun every rank is a process of its
-    own, so one thread per process also keeps N ranks on N cores. Larger models on many idle cores may gain from
-    more: pass ``--threads``.
+    Measured with ``python -m benchmarks.train_threads`` on 2 Xeon cores (README, "Training on several GPUs or
+    machines"). On the idle machine a training step of the demo's small preset took 0.48 s with one thread
+    and 0.74 s with two: at these widths a backward pass is too small to split across threads, and the second
+    thread waits on the data loading. Evaluation, forward passes only, went the other way: 2.42 s with one thread,
+    1.44 s with two. Under load (load average 16) one thread won both, by 9x and 5x. One DataLoader worker
+    (``--workers 1``, the default) was 1.15x faster than loading in the training process. Under torchrun every rank
+    is a process of its own, so one thread per process also keeps N ranks on N cores. Larger models on many idle
+    cores may gain from more: pass ``--threads``.
     """
     if requested < 0:
         raise SystemExit(f"error: --threads {requested}: give a positive count, or 0 for the measured default")
-    return requested or 1
+    return requested or (1 if training else torch.get_num_threads())
 
 
 class _Views(nn.Module):
