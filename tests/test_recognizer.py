@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,7 +21,7 @@ from mmer_rt.modeldir import MANIFEST_NAME
 from mmer_rt.session import CPU_PROVIDER, CUDA_PROVIDER
 from mmer_rt.text import TextTokenizer, ctc_greedy_decode
 from test_recognizer_fixtures import (  # noqa: F401
-    TINY_MAX_AUDIO_SAMPLES, cuda_starts, noise, tiny_export, tiny_model_dir)
+    TINY_MAX_AUDIO_SAMPLES, cuda_starts, edit_manifest, model_copy, noise, tiny_export, tiny_model_dir)
 
 RATE = 16_000
 LENGTHS = (800, 3_000, 5_555, TINY_MAX_AUDIO_SAMPLES)  # 0.05 s to the longest the model takes
@@ -287,18 +286,6 @@ def test_unsupported_file_is_refused_with_its_name(recognizer, tmp_path):
 
 
 # --- bad model directories ------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def model_copy(tiny_model_dir, tmp_path):
-    return shutil.copytree(tiny_model_dir, tmp_path / "model")
-
-
-def edit_manifest(model_dir, change):
-    path = model_dir / MANIFEST_NAME
-    manifest = json.loads(path.read_text())
-    change(manifest)
-    path.write_text(json.dumps(manifest))
-
 
 def test_missing_directory_graph_or_tokenizer(model_copy, tmp_path):
     with pytest.raises(ModelDirError, match="model directory not found"):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -76,6 +78,22 @@ def tiny_export(tmp_path_factory) -> tuple[Path, Path]:
 def tiny_model_dir(tiny_export) -> Path:
     """The shared tiny model directory (fp32 and int8); tests that change it work on a copy."""
     return tiny_export[1]
+
+
+@pytest.fixture
+def model_copy(tiny_model_dir, tmp_path):
+    """A copy of the tiny model directory that a test may change."""
+    return shutil.copytree(tiny_model_dir, tmp_path / "model")
+
+
+def edit_manifest(model_dir, change):
+    """Apply ``change`` to the parsed manifest of ``model_dir`` and write it back."""
+    from mmer_rt.modeldir import MANIFEST_NAME
+
+    path = model_dir / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
 
 
 def noise(samples: int, seed: int = 0, amplitude: float = 0.1) -> np.ndarray:

@@ -27,7 +27,8 @@ from mmer_rt.audio import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, load_clip, normalize
 from mmer_rt.cli import EXIT_BROKEN_PIPE, EXIT_CRASH, main
 from mmer_rt.modeldir import MANIFEST_NAME, ModelManifest
 from hostile_corpus import RATE, build_corpus, speech_like, wav_bytes
-from test_recognizer_fixtures import TINY_MAX_AUDIO_SAMPLES, tiny_export, tiny_model_dir  # noqa: F401
+from test_recognizer_fixtures import (  # noqa: F401
+    TINY_MAX_AUDIO_SAMPLES, edit_manifest, model_copy, tiny_export, tiny_model_dir)
 
 PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -342,18 +343,6 @@ def test_cli_into_a_closed_pipe_exits_quietly(two_clips, tiny_model_dir, unbuffe
 
 
 # --- manifests checked against their graphs -----------------------------------------------------------------------
-
-@pytest.fixture
-def model_copy(tiny_model_dir, tmp_path):
-    return shutil.copytree(tiny_model_dir, tmp_path / "model")
-
-
-def edit_manifest(model_dir, change):
-    path = model_dir / MANIFEST_NAME
-    manifest = json.loads(path.read_text())
-    change(manifest)
-    path.write_text(json.dumps(manifest))
-
 
 @pytest.mark.parametrize("change, message", [
     (lambda m: m["labels"].pop(), "labels: 3 labels, but the fusion graph scores 4 classes"),
