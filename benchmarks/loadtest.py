@@ -32,25 +32,14 @@ import numpy as np
 
 from mmer_rt.audio import SAMPLE_RATE
 
-from .artifacts import TOKENIZER_VOCAB, Artifacts
+from .artifacts import Artifacts
 from .workload import speech_like, token_range, transcript_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 MAX_CLIENTS = 64
-SIZES = {"small": "the demo's model shape (training.model.small_config)", "quick": "the tests' tiny model"}
-
-
-class LoadTestArtifacts(Artifacts):
-    """The benchmark cache for the load test's sizes: "small" (the demo's shape) besides "quick"."""
-
-    def config(self):
-        if self._config is None:
-            from training.model import small_config, tiny_config
-
-            maker = {"small": small_config, "quick": tiny_config}[self.size]
-            self._config = maker(vocab_size=TOKENIZER_VOCAB)
-        return self._config
+SIZES = {"base": "wav2vec2-base + roberta-base, the published shape", "small": "the demo's model shape",
+         "quick": "the tests' tiny model"}
 
 
 @dataclass
@@ -162,13 +151,15 @@ async def drive(url: str, clips: list[tuple[bytes, str]], clients: int, requests
 class Server:
     """`mmer-rt serve` on a free loopback port, as a process of its own."""
 
-    def __init__(self, model_dir: Path, threads: int, max_batch: int, max_wait_ms: float):
+    def __init__(self, model_dir: Path, threads: int, max_batch: int, max_wait_ms: float, precision: str = "fp32",
+                 engine: str = "onnxruntime"):
         with socket.socket() as probe:
             probe.bind((LOOPBACK, 0))
             self.port = probe.getsockname()[1]
         self.url = f"http://{LOOPBACK}:{self.port}"
         command = [sys.executable, "-m", "mmer_rt", "serve", "--model", str(model_dir), "--host", LOOPBACK,
-                   "--port", str(self.port), "--precision", "fp32", "--threads", str(threads),
+                   "--port", str(self.port), "--precision", precision, "--engine", engine,
+                   "--threads", str(threads),
                    "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--max-queue", "1024",
                    "--log-level", "warning"]
         environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -221,10 +212,11 @@ def measure_server(server: Server, name: str, clips, clients: int, requests: int
     return level
 
 
-def in_process_recognizer(model_dir: Path, threads: int, max_batch: int):
+def in_process_recognizer(model_dir: Path, threads: int, max_batch: int, precision: str = "fp32",
+                          engine: str = "onnxruntime"):
     from mmer_rt import BatchBudget, Recognizer
 
-    return Recognizer.from_dir(model_dir, device="cpu", precision="fp32", threads=threads,
+    return Recognizer.from_dir(model_dir, device="cpu", precision=precision, engine=engine, threads=threads,
                                batch_budget=BatchBudget(max_items=max_batch))
 
 
@@ -262,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=120.0, help="seconds per level at most")
     parser.add_argument("--clips", type=int, default=48, help="distinct clips, sent round-robin")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime threads")
+    parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    parser.add_argument("--engine", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                        help="openvino runs the fp32 graphs (bf16 where the CPU has AMX)")
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--compare-clients", type=int, default=32,
@@ -275,8 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.requests < 1 or args.seconds <= 0 or args.rounds < 1:
         parser.error("--requests, --seconds and --rounds must be positive")
 
-    artifacts = LoadTestArtifacts(args.size)
-    model_dir = artifacts.model_dir(precisions=("fp32",))
+    if args.engine == "openvino" and args.precision != "fp32":
+        parser.error("--engine openvino runs the fp32 graphs: leave --precision at fp32")
+    artifacts = Artifacts(args.size)
+    model_dir = artifacts.model_dir(precisions=tuple(dict.fromkeys(("fp32", args.precision))))
     clips = make_clips(args.clips, artifacts.tokenizer())
     audio_seconds = sum(len(a) for a, _ in clips) / (4 * SAMPLE_RATE)  # float32 WAV: 4 bytes a sample
     print(f"model {model_dir} ({args.size}: {SIZES[args.size]}), {len(clips)} clips, {audio_seconds:.0f} s of "
@@ -284,13 +281,15 @@ def main(argv: list[str] | None = None) -> int:
 
     # Every level runs a share of its requests in each round, levels interleaved, so that a shared machine's
     # changing load falls on all of them alike.
-    in_process = {budget: in_process_recognizer(model_dir, args.threads, budget) for budget in (args.max_batch, 1)}
+    in_process = {budget: in_process_recognizer(model_dir, args.threads, budget, args.precision, args.engine)
+                  for budget in (args.max_batch, 1)}
     servers: dict[int, Server] = {}
     plan = [(f"server, max batch {args.max_batch}", args.max_batch, c) for c in client_counts]
     plan.append(("server, max batch 1", 1, args.compare_clients))
     try:
         for max_batch in (args.max_batch, 1):
-            servers[max_batch] = Server(model_dir, args.threads, max_batch, args.max_wait_ms)
+            servers[max_batch] = Server(model_dir, args.threads, max_batch, args.max_wait_ms, args.precision,
+                                        args.engine)
         for server in servers.values():
             server.wait_ready()
             asyncio.run(drive(server.url, clips, 4, 8, 60.0))  # warm-up
@@ -319,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python -m benchmarks.loadtest " + " ".join(argv if argv is not None else sys.argv[1:])
     report = [
-        f"Load test of `mmer-rt serve` ({args.size} model, fp32, {args.threads} onnxruntime threads, max wait "
+        f"Load test of `mmer-rt serve` ({args.size} model, {args.precision}, {args.engine}, {args.threads} threads, "
+        f"max wait "
         f"{args.max_wait_ms:g} ms), {platform.processor() or platform.machine()} "
         f"({_cpu_name()}, {os.cpu_count()} logical CPUs; the load generator shares them with the server), "
         f"{time.strftime('%Y-%m-%d', time.gmtime())}. Clips: {len(clips)} of 2-10 s sent round-robin; up to "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import onnx
 
@@ -49,16 +50,16 @@ def to_fp16(source: Path, target: Path) -> Path:
     return target
 
 
-def to_int8(source: Path, target: Path) -> Path:
+def to_int8(source: Path, target: Path, keep_fp32: Sequence[str] = ()) -> Path:
     """Quantise the MatMul and Attention weights of ``source`` to int8 (activations quantised per batch at run
-    time), the waveform scopes excepted.
+    time), the waveform scopes and the nodes named in ``keep_fp32`` excepted.
 
     Only these operators: quantising Conv too (ConvInteger) made the audio encoder slower than PyTorch on AVX2
     CPUs, and the front end is where emotion's acoustic detail lives.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    excluded = _nodes_in_scopes(onnx.load(str(source), load_external_data=False), WAVEFORM_SCOPES)
+    excluded = _nodes_in_scopes(onnx.load(str(source), load_external_data=False), WAVEFORM_SCOPES) + list(keep_fp32)
     # The root logger: the quantizer advises pre-processing (shape inference) through the root logger on every graph;
     # DefaultTensorType below is what stands in for it on fused graphs.
     with quiet_loggers(""):

@@ -1,0 +1,149 @@
+"""Which parts of the audio graph cost int8 its accuracy: each layer's sensitivity, then fp32 kept where it pays.
+
+    python -m benchmarks.int8_sensitivity MODEL_DIR --manifest MANIFEST --measure Session5 [--tune-on Session1 ...]
+        [--limit 64] [--threads 2] [--rounds 3] [--json FILE]
+
+The audio graph's quantisable nodes (export/precision.py ``INT8_OPS``) are grouped by where they sit: the feature
+projection, each transformer layer's attention and its feed-forward block, the CTC head. First each group alone is
+quantised and its max |delta probability| against fp32 measured on the tuning utterances (``--tune-on``: never the
+measured session). Then, most sensitive first, groups are kept in fp32 one more at a time; for each step the table
+gives the error on the tuning utterances and on the measured ones (the decision is made on the first, judged on the
+second), and the time of the three graphs against fp32 (medians of interleaved rounds, same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from mmer_rt.corpus import read_manifest
+from mmer_rt.modeldir import GRAPH_NAMES, ModelManifest
+
+from .int8_graphs import _batches, _measure, _spread
+
+
+def node_groups(model) -> dict[str, list[str]]:
+    """The int8 variant's candidate nodes of an (fp32, optimised) audio graph, by group name, in graph order."""
+    from export.precision import INT8_OPS, WAVEFORM_SCOPES
+
+    groups: dict[str, list[str]] = {}
+    attention = 0
+    for node in model.graph.node:
+        if node.op_type not in INT8_OPS or node.name.startswith(WAVEFORM_SCOPES):
+            continue
+        layer = re.search(r"layers\.(\d+)/(attention|feed_forward)", node.name)
+        if layer:
+            group = f"layer {layer.group(1)} {layer.group(2).replace('_', '-')}"
+        elif node.op_type == "Attention":
+            # The fused Attention nodes carry no scope; they come in layer order.
+            group, attention = f"layer {attention} attention", attention + 1
+        else:
+            group = node.name.strip("/").split("/")[0].replace("_", " ")
+        groups.setdefault(group, []).append(node.name)
+    return groups
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--manifest", type=Path, required=True)
+    parser.add_argument("--measure", action="append", required=True, metavar="SESSION")
+    parser.add_argument("--tune-on", action="append", default=[], metavar="SESSION",
+                        help="sessions whose utterances decide (default: every session not measured)")
+    parser.add_argument("--limit", type=int, default=64, help="tuning utterances, spread evenly")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+
+    import onnx
+
+    from export.parity import compare_batches, run_graphs
+    from export.precision import to_int8
+
+    manifest = ModelManifest.read(args.model_dir)
+    fp32 = {name: args.model_dir / manifest.variants["fp32"].graphs[name].file for name in GRAPH_NAMES}
+    utterances = read_manifest(args.manifest)
+    measured = [u for u in utterances if u.session in set(args.measure)]
+    tuning = _spread([u for u in utterances if u.session not in set(args.measure)
+                      and (not args.tune_on or u.session in set(args.tune_on))], args.limit)
+    measured_batches = _batches(measured, args.model_dir, manifest)
+    tuning_batches = _batches(tuning, args.model_dir, manifest)
+    groups = node_groups(onnx.load(str(fp32["audio_encoder"]), load_external_data=False))
+    print(f"{len(groups)} groups: {', '.join(groups)}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="int8-sensitivity-") as scratch:
+        scratch = Path(scratch)
+        import shutil
+
+        import onnxruntime
+
+        from mmer_rt.session import session_options
+
+        for name, path in fp32.items():
+            shutil.copyfile(path, scratch / f"{name}.fp32")
+        sessions: dict[str, object] = {}
+
+        def session(file: str):
+            if file not in sessions:
+                sessions[file] = onnxruntime.InferenceSession(str(scratch / file), session_options(args.threads),
+                                                              providers=["CPUExecutionProvider"])
+            return sessions[file]
+
+        def error(file: str, batches) -> dict:
+            graphs = {g: session(f"{g}.fp32") for g in GRAPH_NAMES}
+            reference = [run_graphs(graphs, b) for b in batches]
+            graphs["audio_encoder"] = session(file)
+            found = compare_batches(reference, [run_graphs(graphs, b) for b in batches])
+            return {"max_abs_probability": found["max_abs_probability"], "top1_agreement": found["top1_agreement"]}
+
+        every = [n for names in groups.values() for n in names]
+        alone = {}
+        for group, names in groups.items():
+            file = f"audio_encoder.only-{len(alone)}"
+            to_int8(fp32["audio_encoder"], scratch / file, keep_fp32=[n for n in every if n not in names])
+            alone[group] = error(file, tuning_batches)
+            print(f"  {group} alone in int8: max |dp| {alone[group]['max_abs_probability']:.2e} (tuning)", flush=True)
+        order = sorted(groups, key=lambda g: -alone[g]["max_abs_probability"])
+        steps, plans = [], {"fp32": {}}
+        for kept in range(len(order) + 1):
+            keep = order[:kept]
+            file = f"audio_encoder.keep-{kept}"
+            to_int8(fp32["audio_encoder"], scratch / file, keep_fp32=[n for g in keep for n in groups[g]])
+            plans[f"keep {kept}"] = {"audio_encoder": file}
+            steps.append({"kept_fp32": keep, "tuning": error(file, tuning_batches),
+                          "measured": error(file, measured_batches)})
+            print(f"  fp32 kept in {keep or 'nothing'}: tuning {steps[-1]['tuning']['max_abs_probability']:.2e}, "
+                  f"measured {steps[-1]['measured']['max_abs_probability']:.2e}", flush=True)
+        times = _measure(plans, fp32, scratch, measured_batches, args.threads, args.rounds)
+    for step, kept in zip(steps, range(len(steps))):
+        step["time_vs_fp32"] = times[f"keep {kept}"]["time_vs_fp32"]
+    report = {"model_dir": str(args.model_dir), "measured": args.measure, "measured_utterances": len(measured),
+              "tuning_utterances": len(tuning), "threads": args.threads, "rounds": args.rounds,
+              "groups": {g: len(n) for g, n in groups.items()}, "alone": alone, "steps": steps}
+    print(table(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def table(report: dict) -> str:
+    lines = [f"{report['tuning_utterances']} tuning utterances; {report['measured_utterances']} measured "
+             f"({', '.join(report['measured'])}); {report['threads']} threads, medians of {report['rounds']} rounds",
+             "", "| kept in fp32 | tuning max abs dp | measured max abs dp | measured top-1 | time vs fp32 |",
+             "|---|---|---|---|---|"]
+    for step in report["steps"]:
+        lines.append(f"| {', '.join(step['kept_fp32']) or 'nothing'} | "
+                     f"{step['tuning']['max_abs_probability']:.2e} | {step['measured']['max_abs_probability']:.2e} | "
+                     f"{step['measured']['top1_agreement']:.2%} | {step['time_vs_fp32']:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
