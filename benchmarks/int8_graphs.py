@@ -97,7 +97,7 @@ def _batches(utterances, model_dir: Path, manifest: ModelManifest):
 
     with tempfile.TemporaryDirectory() as folder:
         subset = Path(folder) / "subset.jsonl"
-        subset.write_text("".join(json.dumps({"id": u.id, "audio": str(u.audio), "text": u.text, "label": u.label,
+        subset.write_text("".join(json.dumps({"id": u.id, "audio": str(Path(u.audio).resolve()), "text": u.text, "label": u.label,
                                               "speaker": u.speaker, "session": u.session}) + "\n"
                                   for u in utterances))
         batches, _ = speech_probes(subset, model_dir / manifest.tokenizer, manifest.max_audio_samples,
