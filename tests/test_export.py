@@ -118,6 +118,24 @@ def test_int8_quantises_matmuls_and_attention_and_leaves_the_convolutions_in_fp3
         assert _ops_in(model_dir / manifest.variants["int8"].graphs[name].file, "")["MatMulInteger"] == 0
 
 
+def test_int8_keeps_the_nodes_it_is_told_to_in_fp32(model_dir, tmp_path):
+    from benchmarks.int8_sensitivity import node_groups
+    from export.precision import to_int8
+
+    manifest = ModelManifest.read(model_dir)
+    fp32 = model_dir / manifest.variants["fp32"].graphs["audio_encoder"].file
+    groups = node_groups(onnx.load(str(fp32), load_external_data=False))
+    assert {"feature projection", "layer 0 attention", "layer 0 feed-forward", "layer 1 attention",
+            "layer 1 feed-forward"} <= set(groups)
+    kept = groups["layer 1 feed-forward"] + groups["layer 0 attention"]
+    out = to_int8(fp32, tmp_path / "audio.int8.onnx", keep_fp32=kept)
+    nodes = {node.name: node.op_type for node in onnx.load(str(out)).graph.node}
+    assert all(nodes.get(name) in ("MatMul", "Attention") for name in kept), {name: nodes.get(name) for name in kept}
+    assert _ops_in(out, "")["QAttention"] == 1 and _ops_in(out, "")["Attention"] == 1
+    # The layer-0 feed-forward block, not kept, is quantised.
+    assert not any(nodes.get(name) == "MatMul" for name in groups["layer 0 feed-forward"])
+
+
 def test_fp16_audio_graph_holds_no_conv_and_matches_fp32(model_dir):
     manifest = ModelManifest.read(model_dir)
     fp16 = model_dir / manifest.variants["fp16"].graphs["audio_encoder"].file
