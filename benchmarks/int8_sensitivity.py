@@ -15,39 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 from pathlib import Path
-
-import numpy as np
 
 from mmer_rt.corpus import read_manifest
 from mmer_rt.modeldir import GRAPH_NAMES, ModelManifest
 
 from .int8_graphs import _batches, _measure, _spread
-
-
-def node_groups(model) -> dict[str, list[str]]:
-    """The int8 variant's candidate nodes of an (fp32, optimised) audio graph, by group name, in graph order."""
-    from export.precision import INT8_OPS, WAVEFORM_SCOPES
-
-    groups: dict[str, list[str]] = {}
-    attention = 0
-    for node in model.graph.node:
-        if node.op_type not in INT8_OPS or node.name.startswith(WAVEFORM_SCOPES):
-            continue
-        layer = re.search(r"layers\.(\d+)/(attention|feed_forward)", node.name)
-        if layer:
-            group = f"layer {layer.group(1)} {layer.group(2).replace('_', '-')}"
-        elif node.op_type == "Attention":
-            # The fused Attention nodes carry no scope; they come in layer order.
-            group, attention = f"layer {attention} attention", attention + 1
-        else:
-            group = node.name.strip("/").split("/")[0].replace("_", " ")
-        groups.setdefault(group, []).append(node.name)
-    return groups
-
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -65,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     import onnx
 
     from export.parity import compare_batches, run_graphs
-    from export.precision import to_int8
+    from export.precision import int8_node_groups, to_int8
 
     manifest = ModelManifest.read(args.model_dir)
     fp32 = {name: args.model_dir / manifest.variants["fp32"].graphs[name].file for name in GRAPH_NAMES}
@@ -75,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
                       and (not args.tune_on or u.session in set(args.tune_on))], args.limit)
     measured_batches = _batches(measured, args.model_dir, manifest)
     tuning_batches = _batches(tuning, args.model_dir, manifest)
-    groups = node_groups(onnx.load(str(fp32["audio_encoder"]), load_external_data=False))
+    groups = int8_node_groups(onnx.load(str(fp32["audio_encoder"]), load_external_data=False))
     print(f"{len(groups)} groups: {', '.join(groups)}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="int8-sensitivity-") as scratch:
@@ -138,7 +113,6 @@ def main(argv: list[str] | None = None) -> dict:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return report
 
-
 def table(report: dict) -> str:
     lines = [f"{report['tuning_utterances']} tuning utterances; {report['measured_utterances']} measured "
              f"({', '.join(report['measured'])}); {report['threads']} threads, medians of {report['rounds']} rounds",
@@ -150,7 +124,6 @@ def table(report: dict) -> str:
                      f"{step['measured']['max_abs_probability']:.2e} | "
                      f"{step['measured']['top1_agreement']:.2%} | {step['time_vs_fp32']:.2f} |")
     return "\n".join(lines)
-
 
 if __name__ == "__main__":
     sys.exit(0 if main() else 1)

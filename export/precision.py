@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -79,3 +80,23 @@ def to_int8(source: Path, target: Path, keep_fp32: Sequence[str] = ()) -> Path:
 def _nodes_in_scopes(model: onnx.ModelProto, scopes: tuple[str, ...]) -> list[str]:
     """Names of the nodes whose name lies in one of ``scopes`` (a scope includes its submodules)."""
     return [node.name for node in model.graph.node if node.name.startswith(scopes)]
+
+
+def int8_node_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """The int8 variant's candidate nodes of an (fp32, optimised) audio graph by where they sit, in graph order: the
+    feature projection, each transformer layer's attention and its feed-forward block, the CTC head."""
+    groups: dict[str, list[str]] = {}
+    attention = 0
+    for node in model.graph.node:
+        if node.op_type not in INT8_OPS or node.name.startswith(WAVEFORM_SCOPES):
+            continue
+        layer = re.search(r"layers\.(\d+)/(attention|feed_forward)", node.name)
+        if layer:
+            group = f"layer {layer.group(1)} {layer.group(2).replace('_', '-')}"
+        elif node.op_type == "Attention":
+            # The fused Attention nodes carry no scope; they come in layer order.
+            group, attention = f"layer {attention} attention", attention + 1
+        else:
+            group = node.name.strip("/").split("/")[0].replace("_", " ")
+        groups.setdefault(group, []).append(node.name)
+    return groups

@@ -61,11 +61,16 @@ def export_model_dir(
     speech_manifest: str | Path | None = None,
     speech_count: int = 32,
     format_version: int = FORMAT_VERSION,
+    int8_logit_tolerance: float | None = None,
 ) -> ModelManifest:
     """Export a checkpoint to the model directory ``out_dir``; returns the manifest written there.
 
     Parity is measured on synthetic probes and, with ``speech_manifest`` (a data manifest, mmer_rt/corpus.py), on
     up to ``speech_count`` of its utterances as well; the tolerances hold on both.
+
+    ``int8_logit_tolerance``: the int8 variant keeps in fp32 the fewest of the audio graph's node groups (most
+    sensitive first) that bring its max |delta logit| on the probes within this (``_tune_int8``); None quantises
+    every group.
 
     Raises:
       training.checkpoint.CheckpointError: the checkpoint is missing, unreadable or of another format.
@@ -81,6 +86,8 @@ def export_model_dir(
     _check_out_dir(out_dir, force)
     if speech_count < 1:
         raise ExportError(f"--speech-probes {speech_count}: give a positive number of utterances")
+    if int8_logit_tolerance is not None and not int8_logit_tolerance > 0:
+        raise ExportError(f"--int8-logit-tolerance {int8_logit_tolerance}: give a positive number")
     steps = _Steps(5 + 2 * len(precisions), log)
     model, tokenizer_path = steps.run(f"loading checkpoint {checkpoint_dir}", load_checkpoint, checkpoint_dir)
     probe_set = steps.run("preparing the parity probes", _probe_set, model, tokenizer_path,
@@ -88,7 +95,8 @@ def export_model_dir(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        manifest = _build(model, tokenizer_path, probe_set, staging, precisions, tolerances, steps, format_version)
+        manifest = _build(model, tokenizer_path, probe_set, staging, precisions, tolerances, steps, format_version,
+                          int8_logit_tolerance)
         _publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -103,7 +111,8 @@ def _probe_set(model: MMER, tokenizer_path: Path, speech_manifest: Path | None, 
 
 
 def _build(model: MMER, tokenizer_path: Path, probes: parity.ProbeSet, staging: Path, precisions: list[str],
-           tolerances: dict[str, float], steps: _Steps, format_version: int = FORMAT_VERSION) -> ModelManifest:
+           tolerances: dict[str, float], steps: _Steps, format_version: int = FORMAT_VERSION,
+           int8_logit_tolerance: float | None = None) -> ModelManifest:
     traced = staging / ".traced"
     traced.mkdir()
     fp32 = staging / "fp32"
@@ -113,9 +122,11 @@ def _build(model: MMER, tokenizer_path: Path, probes: parity.ProbeSet, staging: 
     fused = steps.run("fusing the encoders (onnxruntime transformer optimizer)", _fuse, model, traced, fp32,
                       "fp16" in precisions)
     reference = steps.run("running the PyTorch fp32 reference on the probes", parity.reference_for, model, probes)
-    variants = {}
+    variants, kept = {}, None
     for name in precisions:
         folder = steps.run(f"building the {name} graphs", _build_variant, name, fp32, traced, staging)
+        if name == "int8" and int8_logit_tolerance is not None:
+            kept = _tune_int8(fp32, folder, probes, reference, int8_logit_tolerance, steps.log)
         title = f"measuring {name} parity" + (" (onnxruntime, and OpenVINO)" if name == "fp32" else "")
         variants[name] = steps.run(title, _measure_variant, name, folder, staging, probes, reference,
                                    tolerances[name], tolerances["openvino"], format_version)
@@ -124,6 +135,8 @@ def _build(model: MMER, tokenizer_path: Path, probes: parity.ProbeSet, staging: 
         shutil.rmtree(fp32)
     shutil.copyfile(tokenizer_path, staging / TOKENIZER_NAME)
     manifest = _manifest(model, variants, fused, probes.description)
+    if kept is not None:
+        manifest.extra["int8_kept_fp32"] = {"groups": kept, "logit_tolerance": int8_logit_tolerance}
     manifest.format_version = format_version
     manifest.write(staging)
     return manifest
@@ -193,6 +206,52 @@ def _build_variant(name: str, fp32: Path, traced: Path, staging: Path) -> Path:
         else:  # kept fp32 inside the int8 variant (precision.INT8_GRAPHS says why)
             shutil.copyfile(fp32 / f"{graph_name}.onnx", folder / f"{graph_name}.onnx")
     return folder
+
+
+def _tune_int8(fp32: Path, folder: Path, probes: parity.ProbeSet, reference: dict, tolerance: float,
+               log: Callable[[str], None]) -> list[str]:
+    """Keep in fp32 the fewest audio-graph node groups that bring the int8 variant's max |delta logit| on the
+    probes (synthetic and speech) within ``tolerance``; rewrites ``folder``'s audio graph; returns the groups kept.
+
+    Logits, not probabilities: on utterances a model was trained on its probabilities are saturated, and int8 moved
+    them 100 times less than on unseen voices, while its logits' error was within 2-4 times (export/DESIGN.md, "int8,
+    layer by layer"); a softmax moves no probability by more than half the largest change in the logits. Each
+    group's error alone orders them; the number kept is then found by bisection, the error falling as more are kept.
+    """
+    import onnx
+
+    source, target = fp32 / "audio_encoder.onnx", folder / "audio_encoder.onnx"
+    groups = precision.int8_node_groups(onnx.load(str(source), load_external_data=False))
+    every = [node for nodes in groups.values() for node in nodes]
+
+    def error(keep: list[str]) -> float:
+        precision.to_int8(source, target, keep_fp32=keep)
+        sessions, _ = _open_sessions(folder, prefer_cuda=False)
+        report = parity.measure(sessions, probes, reference)
+        return max(report["max_abs_logit"], report.get("speech", {}).get("max_abs_logit", 0.0))
+
+    found = error([])
+    if found <= tolerance:
+        log(f"  int8: max |delta logit| {found:.2e} with every group quantised, within {tolerance:g}")
+        return []
+    log(f"  int8: max |delta logit| {found:.2e} with every group quantised, over {tolerance:g}: measuring each of "
+        f"{len(groups)} groups alone ...")
+    alone = {group: error([node for node in every if node not in nodes]) for group, nodes in groups.items()}
+    order = sorted(groups, key=lambda group: -alone[group])
+    # Keeping all `high` groups is as close as the graph gets (no int8 left: fp32's own error against PyTorch).
+    low, high = 0, len(order)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if error([node for group in order[:middle] for node in groups[group]]) <= tolerance:
+            high = middle
+        else:
+            low = middle
+    kept = order[:high]
+    found = error([node for group in kept for node in groups[group]])
+    log(f"  int8: kept in fp32 {', '.join(kept)} ({len(kept)} of {len(order)} groups): max |delta logit| "
+        f"{found:.2e}, " + (f"within {tolerance:g}" if found <= tolerance else
+                            f"still over {tolerance:g} with no group in int8 (the fp32 graphs' own difference)"))
+    return kept
 
 
 def _measure_variant(name: str, folder: Path, staging: Path, probes: parity.ProbeSet, reference: dict,
@@ -350,6 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "real speech can show losses the synthetic probes miss")
     parser.add_argument("--speech-probes", type=int, default=32, metavar="N",
                         help="how many of its utterances, spread evenly over it (default: %(default)s)")
+    parser.add_argument("--int8-logit-tolerance", type=float, default=None, metavar="MAX",
+                        help="keep in fp32 the fewest groups of the int8 audio graph (its layers' attention and "
+                             "feed-forward blocks, the feature projection, the CTC head) that bring its max |delta "
+                             "logit| on the parity probes within MAX; with --speech-manifest the speech counts too "
+                             "(default: every group in int8)")
     parser.add_argument("--tolerance", action="append", default=[], metavar="PRECISION=MAX",
                         help="override a variant's max |delta probability| against PyTorch fp32 (defaults: "
                              + ", ".join(f"{k}={v:g}" for k, v in parity.TOLERANCES.items()) + ")")
@@ -362,7 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
         manifest = export_model_dir(args.checkpoint, args.out, precisions, args.force,
-                                    _parse_tolerances(args.tolerance), log, args.speech_manifest, args.speech_probes)
+                                    _parse_tolerances(args.tolerance), log, args.speech_manifest, args.speech_probes,
+                                    int8_logit_tolerance=args.int8_logit_tolerance)
     except mmer_rt.MMERError as error:
         log(f"error: {error}")
         return 1

@@ -119,12 +119,11 @@ def test_int8_quantises_matmuls_and_attention_and_leaves_the_convolutions_in_fp3
 
 
 def test_int8_keeps_the_nodes_it_is_told_to_in_fp32(model_dir, tmp_path):
-    from benchmarks.int8_sensitivity import node_groups
-    from export.precision import to_int8
+    from export.precision import int8_node_groups, to_int8
 
     manifest = ModelManifest.read(model_dir)
     fp32 = model_dir / manifest.variants["fp32"].graphs["audio_encoder"].file
-    groups = node_groups(onnx.load(str(fp32), load_external_data=False))
+    groups = int8_node_groups(onnx.load(str(fp32), load_external_data=False))
     assert {"feature projection", "layer 0 attention", "layer 0 feed-forward", "layer 1 attention",
             "layer 1 feed-forward"} <= set(groups)
     kept = groups["layer 1 feed-forward"] + groups["layer 0 attention"]
@@ -134,6 +133,29 @@ def test_int8_keeps_the_nodes_it_is_told_to_in_fp32(model_dir, tmp_path):
     assert _ops_in(out, "")["QAttention"] == 1 and _ops_in(out, "")["Attention"] == 1
     # The layer-0 feed-forward block, not kept, is quantised.
     assert not any(nodes.get(name) == "MatMul" for name in groups["layer 0 feed-forward"])
+
+
+@pytest.mark.parametrize("tolerance", [1e-9, 10.0])
+def test_int8_logit_tolerance_keeps_the_fewest_groups_in_fp32_that_meet_it(checkpoint, tmp_path, tolerance):
+    lines = []
+    manifest = export_model_dir(checkpoint, tmp_path / "model", precisions=["fp32", "int8"], log=lines.append,
+                                int8_logit_tolerance=tolerance)
+    kept = manifest.extra["int8_kept_fp32"]
+    assert kept["logit_tolerance"] == tolerance
+    audio = tmp_path / "model" / manifest.variants["int8"].graphs["audio_encoder"].file
+    if tolerance == 10.0:  # anything int8 does is within it: every group stays int8
+        assert kept["groups"] == [] and _ops_in(audio, "")["QAttention"] == 2
+    else:  # not even fp32 is within 1e-9 of PyTorch: every group is kept, and the graph holds no int8 node
+        assert len(kept["groups"]) >= 5 and "layer 1 feed-forward" in kept["groups"]
+        ops = _ops_in(audio, "")
+        assert ops["QAttention"] == 0 and ops["MatMulInteger"] == 0 and ops["DynamicQuantizeMatMul"] == 0
+        assert manifest.variants["int8"].parity["max_abs_logit"] == manifest.variants["fp32"].parity["max_abs_logit"]
+        assert any("kept in fp32" in line and "still over" in line for line in lines)
+
+
+def test_a_bad_int8_logit_tolerance_is_refused(checkpoint, tmp_path):
+    with pytest.raises(ExportError, match="int8-logit-tolerance"):
+        export_model_dir(checkpoint, tmp_path / "model", precisions=["int8"], int8_logit_tolerance=0.0)
 
 
 def test_fp16_audio_graph_holds_no_conv_and_matches_fp32(model_dir):
