@@ -236,13 +236,18 @@ def _tune_int8(fp32: Path, folder: Path, probes: parity.ProbeSet, reference: dic
         return []
     log(f"  int8: max |delta logit| {found:.2e} with every group quantised, over {tolerance:g}: measuring each of "
         f"{len(groups)} groups alone ...")
-    alone = {group: error([node for node in every if node not in nodes]) for group, nodes in groups.items()}
+    alone = {}
+    for index, (group, nodes) in enumerate(groups.items(), 1):
+        alone[group] = error([node for node in every if node not in nodes])
+        log(f"  int8: {index}/{len(groups)} {group} alone: max |delta logit| {alone[group]:.2e}")
     order = sorted(groups, key=lambda group: -alone[group])
     # Keeping all `high` groups is as close as the graph gets (no int8 left: fp32's own error against PyTorch).
     low, high = 0, len(order)
     while high - low > 1:
         middle = (low + high) // 2
-        if error([node for group in order[:middle] for node in groups[group]]) <= tolerance:
+        found = error([node for group in order[:middle] for node in groups[group]])
+        log(f"  int8: the {middle} most sensitive in fp32: max |delta logit| {found:.2e}")
+        if found <= tolerance:
             high = middle
         else:
             low = middle

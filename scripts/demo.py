@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SESSION = "Session5"
+INT8_LOGIT_TOLERANCE = "5e-3"
 # Trained from random weights on 2 CPU cores: a higher learning rate than the paper's fine-tuning rate, the CNN
 # front end trained too (the text encoder stays frozen, as published), CTC averaged per character so that it does not
 # drown the emotion loss, and no second (augmented) pass for ACL, which would double the time per epoch.
@@ -82,10 +83,12 @@ def main(argv: list[str] | None = None) -> None:
         reuse(step, "the exported model directory", model_dir)
         reused.append("export")
     else:
-        # Parity is measured on 32 of the corpus's clips as well as the synthetic probes (it compares the exported
-        # graphs with the PyTorch model on them; nothing is learned or selected from them).
+        # Parity is measured on 32 clips of the training sessions as well as the synthetic probes, and the int8
+        # variant keeps in fp32 the fewest layers that bring its logits within 5e-3 of PyTorch's on them
+        # (export/DESIGN.md, "int8, layer by layer"). The held-out voices are left out: step 4 judges on them.
         run(step, ["-m", "export.to_onnx", str(run_dir / "best"), "--out", str(model_dir), "--precision",
-                   "fp32,int8", "--speech-manifest", str(corpus / "manifest.jsonl"), "--force"])
+                   "fp32,int8", "--speech-manifest", str(training_sessions_manifest(corpus)),
+                   "--int8-logit-tolerance", INT8_LOGIT_TOLERANCE, "--force"])
     run("4. recognise the held-out voices with mmer_rt.Recognizer (no torch involved)",
         [str(ROOT / "scripts" / "recognize_heldout.py"), str(model_dir), str(corpus / "manifest.jsonl"),
          "--session", TEST_SESSION, "--json", str(work / "heldout.json")])
@@ -93,6 +96,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\ndemo finished in {(time.monotonic() - started) / 60:.1f} minutes; everything is in {work}")
     if reused:
         print(f"reused from an earlier run: {', '.join(reused)}; {fresh_hint}")
+
+
+def training_sessions_manifest(corpus: Path) -> Path:
+    """The corpus manifest without the held-out session, beside it (its relative audio paths stay valid)."""
+    source, target = corpus / "manifest.jsonl", corpus / f"manifest-without-{TEST_SESSION}.jsonl"
+    if source.is_file():
+        kept = [line for line in source.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("session") != TEST_SESSION]
+        target.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    return target
 
 
 def compare_with_readme(heldout_json: Path, results_json: Path) -> None:

@@ -100,3 +100,17 @@ def test_the_demo_compares_its_figure_with_the_readme(demo, tmp_path, capsys, ua
 
 def test_the_demo_trains_its_epochs_with_no_time_limit(demo):
     assert "--max-minutes" not in demo.TRAIN_FLAGS and "--epochs" in demo.TRAIN_FLAGS
+
+
+def test_the_export_tunes_int8_on_the_training_sessions_only(demo, tmp_path):
+    work = tmp_path / "work"
+    earlier_run(work, trained=True, exported=False)
+    rows = [{"id": f"c{i}", "audio": f"wav/c{i}.wav", "session": session}
+            for i, session in enumerate(["Session1", demo.TEST_SESSION, "Session4", demo.TEST_SESSION])]
+    (work / "corpus" / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    demo.main(["--work", str(work)])
+    export = next(args for args in demo.calls if args[:2] == ["-m", "export.to_onnx"])
+    probes = Path(export[export.index("--speech-manifest") + 1])
+    assert probes.parent == work / "corpus"  # beside the corpus manifest: its relative audio paths hold
+    assert [json.loads(line)["id"] for line in probes.read_text().splitlines()] == ["c0", "c2"]
+    assert export[export.index("--int8-logit-tolerance") + 1] == "5e-3"
