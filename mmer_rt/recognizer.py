@@ -252,6 +252,7 @@ class Recognizer:
 
     def predict_batch(
         self, items: Iterable[BatchItem], sample_rate: int | None = None, errors: str = "raise",
+        budget: BatchBudget | None = None,
     ) -> list[Prediction | MMERError]:
         """Recognise many utterances, batched by length; results come back in input order.
 
@@ -271,6 +272,8 @@ class Recognizer:
           AudioError, TextError: with ``errors="raise"``, the first bad item's.
           InferenceError: with ``errors="raise"``, onnxruntime failed on a batch (the message names its items).
           ValueError: an unknown ``errors`` policy.
+
+        ``budget``: this call's batch budget instead of the Recognizer's (``batch_budget``).
         """
         if errors not in ERROR_POLICIES:
             raise ValueError(f"errors must be one of {', '.join(ERROR_POLICIES)}; got {errors!r}")
@@ -288,7 +291,7 @@ class Recognizer:
                 continue
             clips[index] = (utterance.text is not None, clip)
             pieces.extend(_Piece(index, window, utterance.text) for window in windows)
-        probabilities, transcripts, failed = self._run(pieces, errors)
+        probabilities, transcripts, failed = self._run(pieces, errors, budget or self.batch_budget)
         rows: dict[int, list[int]] = {index: [] for index in clips}
         for row, piece in enumerate(pieces):
             rows[piece.owner].append(row)
@@ -340,7 +343,7 @@ class Recognizer:
             raise ValueError(f"errors must be one of {', '.join(ERROR_POLICIES)}; got {errors!r}")
         pieces = [_Piece(owner, waveform, item.text) for owner, item in enumerate(decoded)
                   for waveform in item.waveforms]
-        probabilities, transcripts, failed = self._run(pieces, errors)
+        probabilities, transcripts, failed = self._run(pieces, errors, self.batch_budget)
         rows: list[list[int]] = [[] for _ in decoded]
         for row, piece in enumerate(pieces):
             rows[piece.owner].append(row)
@@ -368,13 +371,14 @@ class Recognizer:
         starts = list(range(0, len(waveform) - limit, limit)) + [len(waveform) - limit]
         return [waveform[start : start + limit] for start in starts]
 
-    def _run(self, pieces: Sequence[_Piece], errors: str) -> tuple[np.ndarray, list[str], dict[int, MMERError]]:
+    def _run(self, pieces: Sequence[_Piece], errors: str,
+             budget: BatchBudget) -> tuple[np.ndarray, list[str], dict[int, MMERError]]:
         """Every piece's probabilities and transcript, and the owners whose pieces onnxruntime failed on."""
         probabilities = np.zeros((len(pieces), len(self.labels)), dtype=np.float64)
         transcripts = [""] * len(pieces)
         failed: dict[int, MMERError] = {}
         lengths = [len(piece.waveform) for piece in pieces]
-        batches = plan_batches(lengths, self.batch_budget, self.manifest.sample_rate)[::-1]
+        batches = plan_batches(lengths, budget, self.manifest.sample_rate)[::-1]
         while batches:
             batch = batches.pop()
             try:

@@ -187,7 +187,7 @@ def timeline(
     recognizer: "Recognizer", audio: AudioSource, sample_rate: int | None = None, *,
     speakers: SpeakerTurns | None = None, transcript: TimedWords | None = None,
     channels_as_speakers: bool = False, segmentation: Segmentation | None = None,
-    progress: Callable[[float], None] | None = None,
+    progress: Callable[[float], None] | None = None, batch_seconds: float | None = None,
 ) -> Timeline:
     """The emotion timeline of a recording of any length.
 
@@ -206,6 +206,10 @@ def timeline(
         its own voice activity; otherwise channels are averaged into one.
       segmentation: thresholds and window sizes (see :class:`Segmentation`).
       progress: called with the seconds of audio read so far, after every block.
+      batch_seconds: the most padded audio in one graph run, within the recognizer's own budget. None: one window
+        on the CPU, where batches of two 6 s windows took the same time as one at a time and raised the peak
+        memory at base size by 200 MB (1405 against 1207 MB; ``python -m benchmarks.timeline_bench``); the
+        recognizer's budget on a GPU, where batches pay.
 
     Returns:
       A :class:`Timeline`; a recording without speech gives one with no segments.
@@ -231,7 +235,8 @@ def timeline(
               fixed_speaker=f"channel {index + 1}" if channels_as_speakers else None, turns=turns)
         for index in range(stream.channels)
     ]
-    scorer = _Scorer(recognizer, words)
+    scorer = _Scorer(recognizer, words, _budget(recognizer, params.window if batch_seconds is None and
+                                                 recognizer.device == "cpu" else batch_seconds))
     total = 0
     for block in stream.blocks:
         for lane in lanes:
@@ -768,11 +773,23 @@ class _Words:
 
 # --- scoring, time order and the summary --------------------------------------------------------------------------
 
+def _budget(recognizer: "Recognizer", seconds: float | None):
+    """The recognizer's batch budget, its padded audio capped at ``seconds`` (None: as it is)."""
+    budget = recognizer.batch_budget
+    if seconds is None:
+        return budget
+    if not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds > 0):
+        raise ValueError(f"batch_seconds must be a positive number of seconds or None; got {seconds!r}")
+    limit = seconds if budget.max_seconds is None else min(seconds, budget.max_seconds)
+    return type(budget)(max_items=budget.max_items, max_seconds=limit)
+
+
 class _Scorer:
     """Windows in, segments out: a batch of windows is scored once it fills a few of the Recognizer's batches."""
 
-    def __init__(self, recognizer: "Recognizer", words: _Words | None):
+    def __init__(self, recognizer: "Recognizer", words: _Words | None, budget):
         self._recognizer = recognizer
+        self._budget = budget
         self._words = words
         self._rate = recognizer.manifest.sample_rate
         self._pending: list[_Window] = []
@@ -791,7 +808,7 @@ class _Scorer:
 
         texts = [self._text(w) for w in self._pending]
         predictions = self._recognizer.predict_batch(
-            [Utterance(w.waveform, text, self._rate) for w, text in zip(self._pending, texts)]
+            [Utterance(w.waveform, text, self._rate) for w, text in zip(self._pending, texts)], budget=self._budget
         )
         for window, prediction in zip(self._pending, predictions):
             self.segments.append(Segment(

@@ -215,6 +215,30 @@ def test_long_regions_are_cut_into_full_windows_with_the_last_ending_at_the_end(
     assert [a for a, _ in spans(hopped)][:3] == [start, start + 3200, start + 6400]
 
 
+def test_on_the_cpu_each_graph_run_holds_one_window_unless_told(recognizer, energy_vad, monkeypatch):
+    audio = np.concatenate([silence(0.2), tone(3.0), silence(1.0)])  # 3 s of speech: six or seven 0.5 s windows
+    runs = []
+    real = Recognizer._run_batch
+
+    def spy(self, pieces):
+        runs.append(sum(len(piece.waveform) for piece in pieces))
+        return real(self, pieces)
+
+    monkeypatch.setattr(Recognizer, "_run_batch", spy)
+    one = timeline(recognizer, audio, RATE, segmentation=Segmentation(pad=0.0))
+    assert len(one.segments) >= 6 and max(runs) <= WINDOW  # one window of audio per run
+    runs.clear()
+    together = timeline(recognizer, audio, RATE, segmentation=Segmentation(pad=0.0), batch_seconds=60.0)
+    assert max(runs) > WINDOW  # several windows shared a run
+    # and the answers do not depend on the company a window kept (fp32)
+    assert [(s.start, s.end, s.label) for s in one.segments] == [(s.start, s.end, s.label) for s in together.segments]
+    for a, b in zip(one.segments, together.segments):
+        assert max(abs(a.scores[k] - b.scores[k]) for k in a.scores) < 1e-5
+    for bad in (0, -1.0, True, "6"):
+        with pytest.raises(ValueError, match="batch_seconds"):
+            timeline(recognizer, audio, RATE, batch_seconds=bad)
+
+
 def test_short_gaps_are_bridged_and_blips_dropped(recognizer, energy_vad):
     audio = np.concatenate([
         silence(0.5), tone(0.3), silence(0.2), tone(0.3),  # a 0.2 s pause: bridged into one region

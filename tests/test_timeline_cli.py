@@ -78,3 +78,19 @@ def test_a_bad_rttm_is_an_error_with_its_line(capsys, call, tiny_model_dir, tmp_
     assert status == 1 and out == "" and "line 2:" in err and str(bad) in err
     status, _, err = run(capsys, "timeline", folder / "call.wav", "--model", tiny_model_dir, "--window", "-1")
     assert status == 2 and "window" in err
+
+
+def test_batch_seconds_changes_the_company_not_the_answers(capsys, call, tiny_model_dir):
+    folder, _ = call
+    base = ["timeline", folder / "call.wav", "--model", tiny_model_dir, "--json", "--precision", "fp32"]
+    status, one, _ = run(capsys, *base)
+    status_many, many, _ = run(capsys, *base, "--batch-seconds", "30")
+    assert status == status_many == 0
+    rows_one, rows_many = ([json.loads(line) for line in text.splitlines()] for text in (one, many))
+    assert [(r["start"], r["end"], r["label"]) for r in rows_one] == [(r["start"], r["end"], r["label"])
+                                                                       for r in rows_many]
+    for value in ("0", "-2", "nan", "inf", "six"):
+        with pytest.raises(SystemExit) as stopped:
+            main(list(map(str, [*base, "--batch-seconds", value])))
+        assert stopped.value.code == 2
+        assert "positive number of seconds" in capsys.readouterr().err
