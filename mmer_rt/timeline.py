@@ -207,9 +207,10 @@ def timeline(
       segmentation: thresholds and window sizes (see :class:`Segmentation`).
       progress: called with the seconds of audio read so far, after every block.
       batch_seconds: the most padded audio in one graph run, within the recognizer's own budget. None: one window
-        on the CPU, where batches of two 6 s windows took the same time as one at a time and raised the peak
-        memory at base size by 200 MB (1405 against 1207 MB; ``python -m benchmarks.timeline_bench``); the
-        recognizer's budget on a GPU, where batches pay.
+        with onnxruntime on the CPU, where batches of two 6 s windows took the same time as one at a time and
+        raised the peak memory at base size by 200 MB (1405 against 1207 MB; ``python -m
+        benchmarks.timeline_bench``); the recognizer's budget under OpenVINO (batches of eight 5 s clips answered
+        1.39x as many per second as single ones: benchmarks/results/cpu-xeon.md) and on a GPU, where batches pay.
 
     Returns:
       A :class:`Timeline`; a recording without speech gives one with no segments.
@@ -235,8 +236,9 @@ def timeline(
               fixed_speaker=f"channel {index + 1}" if channels_as_speakers else None, turns=turns)
         for index in range(stream.channels)
     ]
-    scorer = _Scorer(recognizer, words, _budget(recognizer, params.window if batch_seconds is None and
-                                                 recognizer.device == "cpu" else batch_seconds))
+    one_window = recognizer.device == "cpu" and recognizer.engine == "onnxruntime"
+    scorer = _Scorer(recognizer, words, _budget(recognizer, params.window if batch_seconds is None and one_window
+                                                 else batch_seconds))
     total = 0
     for block in stream.blocks:
         for lane in lanes:

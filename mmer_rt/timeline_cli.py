@@ -42,8 +42,9 @@ def add_timeline_command(commands) -> None:
     command.add_argument("--batch-size", type=_positive_int, default=BatchBudget.max_items,
                          help="most windows per batch (default: %(default)s)")
     command.add_argument("--batch-seconds", type=_positive_float, default=None,
-                         help="most padded seconds of audio per graph run (default: one window on the CPU, where "
-                              "larger batches cost memory and gain no speed; 80 on a GPU)")
+                         help="most padded seconds of audio per graph run (default: one window with onnxruntime "
+                              "on the CPU, where larger batches cost memory and gain no speed; else the model's "
+                              "batch budget, 80)")
     command.set_defaults(run=run_timeline)
 
 

@@ -237,6 +237,11 @@ def test_on_the_cpu_each_graph_run_holds_one_window_unless_told(recognizer, ener
     for bad in (0, -1.0, True, "6"):
         with pytest.raises(ValueError, match="batch_seconds"):
             timeline(recognizer, audio, RATE, batch_seconds=bad)
+    # Under OpenVINO, where batches pay, the recognizer's own budget applies (the engine's name is what decides).
+    runs.clear()
+    monkeypatch.setattr(recognizer, "engine", "openvino")
+    timeline(recognizer, audio, RATE, segmentation=Segmentation(pad=0.0))
+    assert max(runs) > WINDOW
 
 
 def test_short_gaps_are_bridged_and_blips_dropped(recognizer, energy_vad):
