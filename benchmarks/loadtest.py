@@ -157,8 +157,10 @@ class Server:
             probe.bind((LOOPBACK, 0))
             self.port = probe.getsockname()[1]
         self.url = f"http://{LOOPBACK}:{self.port}"
+        # mmer-rt's --precision auto is bf16 under OpenVINO where the CPU has it (checked before the servers start).
         command = [sys.executable, "-m", "mmer_rt", "serve", "--model", str(model_dir), "--host", LOOPBACK,
-                   "--port", str(self.port), "--precision", precision, "--engine", engine,
+                   "--port", str(self.port), "--precision", "auto" if precision == "bf16" else precision,
+                   "--engine", engine,
                    "--threads", str(threads),
                    "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--max-queue", "1024",
                    "--log-level", "warning"]
@@ -254,9 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=120.0, help="seconds per level at most")
     parser.add_argument("--clips", type=int, default=48, help="distinct clips, sent round-robin")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime threads")
-    parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    parser.add_argument("--precision", choices=("fp32", "int8", "bf16"), default="fp32",
+                        help="bf16: with --engine openvino, the fp32 graphs in bf16 arithmetic (AMX or AVX512-BF16)")
     parser.add_argument("--engine", choices=("onnxruntime", "openvino"), default="onnxruntime",
-                        help="openvino runs the fp32 graphs (bf16 where the CPU has AMX)")
+                        help="openvino runs the fp32 graphs, in fp32 or (--precision bf16) bf16 arithmetic")
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=10.0)
     parser.add_argument("--compare-clients", type=int, default=32,
@@ -270,10 +273,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.requests < 1 or args.seconds <= 0 or args.rounds < 1:
         parser.error("--requests, --seconds and --rounds must be positive")
 
-    if args.engine == "openvino" and args.precision != "fp32":
-        parser.error("--engine openvino runs the fp32 graphs: leave --precision at fp32")
+    if (args.engine == "openvino") != (args.precision in ("fp32", "bf16")) and args.precision != "fp32":
+        parser.error(f"--precision {args.precision} needs --engine "
+                     f"{'openvino' if args.precision == 'bf16' else 'onnxruntime'}")
+    if args.precision == "bf16":
+        from mmer_rt.engines import bf16_supported
+
+        if not bf16_supported():
+            parser.error("--precision bf16: this CPU has neither AMX-BF16 nor AVX512-BF16")
     artifacts = Artifacts(args.size)
-    model_dir = artifacts.model_dir(precisions=tuple(dict.fromkeys(("fp32", args.precision))))
+    model_dir = artifacts.model_dir(precisions=("fp32", "int8") if args.precision == "int8" else ("fp32",))
     clips = make_clips(args.clips, artifacts.tokenizer())
     audio_seconds = sum(len(a) for a, _ in clips) / (4 * SAMPLE_RATE)  # float32 WAV: 4 bytes a sample
     print(f"model {model_dir} ({args.size}: {SIZES[args.size]}), {len(clips)} clips, {audio_seconds:.0f} s of "
