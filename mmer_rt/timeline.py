@@ -218,7 +218,7 @@ def timeline(
     Raises:
       AudioError: unreadable, empty or non-finite audio, or a bad sample rate.
       TimelineError: a malformed RTTM, transcript or turn list (the message names the file and line).
-      ValueError: ``speakers`` given together with ``channels_as_speakers``, or a bad segmentation.
+      ValueError: ``speakers`` given together with ``channels_as_speakers``, a bad segmentation or batch_seconds.
     """
     rate = recognizer.manifest.sample_rate
     if rate != SAMPLE_RATE:
@@ -226,6 +226,8 @@ def timeline(
     params = (segmentation or Segmentation()).resolved(recognizer.manifest.max_audio_samples / rate)
     if speakers is not None and channels_as_speakers:
         raise ValueError("give speaker turns or channels_as_speakers, not both")
+    one_window = recognizer.device == "cpu" and recognizer.engine == "onnxruntime"
+    budget = _budget(recognizer, params.window if batch_seconds is None and one_window else batch_seconds)
     turns = _Turns(_as_turns(speakers), rate) if speakers is not None else None
     words = _Words(_as_words(transcript)) if transcript is not None else None
 
@@ -236,9 +238,7 @@ def timeline(
               fixed_speaker=f"channel {index + 1}" if channels_as_speakers else None, turns=turns)
         for index in range(stream.channels)
     ]
-    one_window = recognizer.device == "cpu" and recognizer.engine == "onnxruntime"
-    scorer = _Scorer(recognizer, words, _budget(recognizer, params.window if batch_seconds is None and one_window
-                                                 else batch_seconds))
+    scorer = _Scorer(recognizer, words, budget)
     total = 0
     for block in stream.blocks:
         for lane in lanes:
