@@ -63,18 +63,18 @@ def main(argv: list[str] | None = None) -> dict:
 
         for name, path in fp32.items():
             shutil.copyfile(path, scratch / f"{name}.fp32")
-        sessions: dict[str, object] = {}
-
         def session(file: str):
-            if file not in sessions:
-                sessions[file] = onnxruntime.InferenceSession(str(scratch / file), session_options(args.threads),
-                                                              providers=["CPUExecutionProvider"])
-            return sessions[file]
+            return onnxruntime.InferenceSession(str(scratch / file), session_options(args.threads),
+                                                providers=["CPUExecutionProvider"])
 
-        def error(file: str, batches) -> dict:
-            graphs = {g: session(f"{g}.fp32") for g in GRAPH_NAMES}
-            reference = [run_graphs(graphs, b) for b in batches]
-            graphs["audio_encoder"] = session(file)
+        # The fp32 graphs and their outputs, once; each trial opens only its own audio graph.
+        fp32_sessions = {g: session(f"{g}.fp32") for g in GRAPH_NAMES}
+        tuning_set = (tuning_batches, [run_graphs(fp32_sessions, b) for b in tuning_batches])
+        measured_set = (measured_batches, [run_graphs(fp32_sessions, b) for b in measured_batches])
+
+        def error(file: str, batches_and_reference) -> dict:
+            batches, reference = batches_and_reference
+            graphs = {**fp32_sessions, "audio_encoder": session(file)}
             found = compare_batches(reference, [run_graphs(graphs, b) for b in batches])
             return {key: found[key] for key in ("max_abs_probability", "max_abs_logit", "max_abs_hidden_states",
                                                 "top1_agreement")}
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
         for group, names in groups.items():
             file = f"audio_encoder.only-{len(alone)}"
             to_int8(fp32["audio_encoder"], scratch / file, keep_fp32=[n for n in every if n not in names])
-            alone[group] = error(file, tuning_batches)
+            alone[group] = error(file, tuning_set)
             print(f"  {group} alone in int8: max |dp| {alone[group]['max_abs_probability']:.2e}, max |d logit| "
                   f"{alone[group]['max_abs_logit']:.2e} (tuning)", flush=True)
         # By the logits' error: probabilities saturate on utterances the model was trained on, where a change in
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
             file = f"audio_encoder.keep-{kept}"
             to_int8(fp32["audio_encoder"], scratch / file, keep_fp32=[n for g in keep for n in groups[g]])
             plans[f"keep {kept}"] = {"audio_encoder": file}
-            steps.append({"kept_fp32": keep, "tuning": error(file, tuning_batches),
-                          "measured": error(file, measured_batches)})
+            steps.append({"kept_fp32": keep, "tuning": error(file, tuning_set),
+                          "measured": error(file, measured_set)})
             print(f"  fp32 kept in {keep or 'nothing'}: tuning dp {steps[-1]['tuning']['max_abs_probability']:.2e} "
                   f"d logit {steps[-1]['tuning']['max_abs_logit']:.2e}; measured dp "
                   f"{steps[-1]['measured']['max_abs_probability']:.2e} d logit "
