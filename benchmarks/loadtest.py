@@ -20,9 +20,6 @@ import asyncio
 import io
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -33,6 +30,7 @@ import numpy as np
 from mmer_rt.audio import SAMPLE_RATE
 
 from .artifacts import Artifacts
+from .loopback import ServerProcess
 from .workload import speech_like, token_range, transcript_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -148,39 +146,17 @@ async def drive(url: str, clips: list[tuple[bytes, str]], clients: int, requests
     return Level("", clients, len(latencies), failed, elapsed, latencies)
 
 
-class Server:
-    """`mmer-rt serve` on a free loopback port, as a process of its own."""
+class Server(ServerProcess):
+    """`mmer-rt serve` on a free loopback port, as a process of its own (its output goes to ours)."""
 
     def __init__(self, model_dir: Path, threads: int, max_batch: int, max_wait_ms: float, precision: str = "fp32",
                  engine: str = "onnxruntime"):
-        with socket.socket() as probe:
-            probe.bind((LOOPBACK, 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://{LOOPBACK}:{self.port}"
         # mmer-rt's --precision auto is bf16 under OpenVINO where the CPU has it (checked before the servers start).
-        command = [sys.executable, "-m", "mmer_rt", "serve", "--model", str(model_dir), "--host", LOOPBACK,
-                   "--port", str(self.port), "--precision", "auto" if precision == "bf16" else precision,
-                   "--engine", engine,
-                   "--threads", str(threads),
-                   "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--max-queue", "1024",
-                   "--log-level", "warning"]
-        environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-        self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment)
-
-    def wait_ready(self, timeout: float = 120.0) -> "Server":
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with status {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("the server was not ready in time")
+        super().__init__([sys.executable, "-m", "mmer_rt", "serve", "--model", str(model_dir), "--host", LOOPBACK,
+                          "--port", "{port}", "--precision", "auto" if precision == "bf16" else precision,
+                          "--engine", engine, "--threads", str(threads), "--max-batch", str(max_batch),
+                          "--max-wait-ms", str(max_wait_ms), "--max-queue", "1024", "--log-level", "warning"],
+                         log_path=None, cwd=REPO_ROOT)
 
     def batch_histogram(self) -> tuple[dict[float, float], float]:
         import httpx
@@ -194,14 +170,6 @@ class Server:
             elif line.startswith("mmer_batch_size_count"):
                 count = float(line.rsplit(" ", 1)[1])
         return buckets, count
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
 
 
 def measure_server(server: Server, name: str, clips, clients: int, requests: int, seconds: float) -> Level:
@@ -321,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{m.name}{f' x{m.clients}' if m.clients else ''}: {m.throughput:.2f}" for m in measured), flush=True)
     finally:
         for server in servers.values():
-            server.stop()
+            try:
+                server.stop()
+            except RuntimeError as error:  # it did not stop in time and was killed; the others still get theirs
+                print(error, file=sys.stderr)
     reference = references[args.max_batch]
     levels += list(references.values())
 

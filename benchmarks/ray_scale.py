@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import CACHE_ROOT
+from .loopback import free_port
 from .machine import cpu_info
 from .workload import benchmark_tokenizer, speech_like, transcript_of
 
@@ -112,11 +112,6 @@ def load_clients(port: int, clips: list[bytes], clients: int) -> dict:
     quantiles = statistics.quantiles(latencies, n=100)
     return {"requests_per_s": len(clips) / seconds, "p50_ms": 1000 * quantiles[49], "p90_ms": 1000 * quantiles[89]}
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serve_route(model_dir: Path, port: int, clips: list[bytes], clients: int, replicas: int, batching: str) -> dict:

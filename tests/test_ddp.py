@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+
+from benchmarks.loopback import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
@@ -31,18 +32,13 @@ def _env() -> dict:
             "TQDM_DISABLE": "1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
 
 def _run(args: list[str], nproc: int = 1, module: bool = False) -> None:
     """``python WORKER args`` (``python -m args`` with ``module``), under torchrun when ``nproc`` > 1."""
     target = ["-m", *args] if module else [str(WORKER), *args]
     if nproc > 1:
         target = ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-                  "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}",
+                  "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
                   *(["--module"] if module else []), *(args if module else [str(WORKER), *args])]
     done = subprocess.run([sys.executable, *target], cwd=ROOT, env=_env(), capture_output=True, text=True,
                           timeout=600)

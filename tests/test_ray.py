@@ -4,8 +4,6 @@ HTTP service as a Ray Serve deployment, each against Recognizer.predict."""
 from __future__ import annotations
 
 import io
-import json
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,6 +11,7 @@ import httpx
 import pytest
 import soundfile
 
+from benchmarks.loopback import free_port
 from mmer_rt import Recognizer
 from mmer_rt.errors import ModelDirError
 from mmer_rt.serve.score import score
@@ -81,11 +80,6 @@ def test_a_model_an_actor_cannot_load_stops_the_job_with_a_typed_error(ray_insta
         score(tiny_model_dir, corpus, out, use_ray=True, actors=1, recognizer_options={"precision": "fp16"})
     assert out.read_text() == ""
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wav_bytes(samples: int, seed: int) -> bytes:

@@ -26,6 +26,7 @@ import httpx
 import pytest
 import soundfile
 
+from benchmarks.loopback import free_port
 from mmer_rt import Recognizer
 from test_recognizer_fixtures import noise, tiny_export, tiny_model_dir  # noqa: F401
 from test_score import BAD, GOOD, OPTIONS, check_rows, make_corpus, read_rows
@@ -56,11 +57,6 @@ def blocks(kind: str = "") -> list[str]:
             current.append(line)
     return found
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
