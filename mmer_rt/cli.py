@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .batching import BatchBudget
 from .errors import MMERError, TextError
-from .cli_options import add_long_audio_option, add_model_options, model_options
+from .cli_options import add_long_audio_option, add_model_options, model_options, positive_int
 from .modeldir import ModelManifest
 from .recognizer import Prediction, Recognizer, Utterance
 
@@ -75,8 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     add_model_options(predict)
-    predict.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
-    predict.add_argument("--batch-size", type=_positive_int, default=BatchBudget.max_items,
+    predict.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+    predict.add_argument("--batch-size", type=positive_int, default=BatchBudget.max_items,
                          help="most clips per batch (default: %(default)s)")
     add_long_audio_option(predict)
     predict.add_argument("--fail-fast", action="store_true",
@@ -95,12 +95,6 @@ def _parser() -> argparse.ArgumentParser:
 
     add_timeline_command(commands)
     return parser
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -33,3 +33,10 @@ def add_long_audio_option(parser: argparse.ArgumentParser) -> None:
 def model_options(args: argparse.Namespace) -> dict:
     """The keyword arguments of ``Recognizer.from_dir`` that :func:`add_model_options` parsed."""
     return {"device": args.device, "precision": args.precision, "engine": args.engine}
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of 1 or more."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from .batching import BatchBudget
 from .errors import TimelineError
-from .cli_options import add_model_options, model_options
+from .cli_options import add_model_options, model_options, positive_int
 from .timeline import Segmentation, Timeline, read_rttm, timeline
 
 SEGMENT_KEYS = ("start", "end", "speaker", "label", "scores", "transcript", "transcript_source")
@@ -38,20 +38,14 @@ def add_timeline_command(commands) -> None:
     command.add_argument("--smoothing", type=_non_negative_int, default=0,
                          help="average each segment's scores with this many neighbours each side (default 0: off)")
     add_model_options(command)
-    command.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: all cores)")
-    command.add_argument("--batch-size", type=_positive_int, default=BatchBudget.max_items,
+    command.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: all cores)")
+    command.add_argument("--batch-size", type=positive_int, default=BatchBudget.max_items,
                          help="most windows per batch (default: %(default)s)")
     command.add_argument("--batch-seconds", type=_positive_float, default=None,
                          help="most padded seconds of audio per graph run (default: one window with onnxruntime "
                               "on the CPU, where larger batches cost memory and gain no speed; else the model's "
                               "batch budget, 80)")
     command.set_defaults(run=run_timeline)
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 def _positive_float(text: str) -> float:

@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 from ..batching import BatchBudget
-from ..cli_options import add_long_audio_option, add_model_options, model_options
+from ..cli_options import add_long_audio_option, add_model_options, model_options, positive_int
 from ..recognizer import Recognizer
 from .batcher import BatcherConfig
 
@@ -32,23 +32,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_port, default=8080, help="TCP port to listen on (default %(default)s)")
     add_model_options(p)
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads per graph run (default: all)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads per graph run (default: all)")
     add_long_audio_option(p)
-    p.add_argument("--max-batch", type=_positive_int, default=budget.max_items,
+    p.add_argument("--max-batch", type=positive_int, default=budget.max_items,
                    help="most utterances in one graph run (default %(default)s)")
     p.add_argument("--max-batch-seconds", type=_positive_float, default=budget.max_seconds,
                    help="most padded seconds of audio in one graph run (default %(default)s)")
     p.add_argument("--max-wait-ms", type=_non_negative_float, default=defaults.max_wait_ms,
                    help="longest a request waits for others to share its graph run (default %(default)s)")
-    p.add_argument("--max-queue", type=_positive_int, default=defaults.max_queue,
+    p.add_argument("--max-queue", type=positive_int, default=defaults.max_queue,
                    help="requests held at most; more get 503 with Retry-After (default %(default)s)")
     p.add_argument("--max-audio-seconds", type=_positive_float, default=defaults.max_audio_seconds,
                    help="longer audio gets 413 (default %(default)s)")
     p.add_argument("--max-body-mb", type=_positive_float, default=25.0,
                    help="largest request body in MiB; larger gets 413 (default %(default)s)")
-    p.add_argument("--workers", type=_positive_int, default=defaults.workers,
+    p.add_argument("--workers", type=positive_int, default=defaults.workers,
                    help="graph runs at once on the one model (default %(default)s)")
-    p.add_argument("--decode-threads", type=_positive_int, default=defaults.decode_threads,
+    p.add_argument("--decode-threads", type=positive_int, default=defaults.decode_threads,
                    help="threads decoding and resampling requests (default %(default)s)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
                    help="the server's and uvicorn's log level (default %(default)s)")
@@ -118,12 +118,6 @@ class _Stopped(Exception):
 
 def _stopped(signum, frame):
     raise _Stopped()
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 def _port(text: str) -> int:

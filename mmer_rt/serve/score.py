@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..batching import BatchBudget
 from ..corpus import resolve_audio, row_id
 from ..errors import ManifestError, MMERError, ResultsError
-from ..cli_options import add_long_audio_option, add_model_options, model_options
+from ..cli_options import add_long_audio_option, add_model_options, model_options, positive_int
 from ..modeldir import ModelManifest
 from ..recognizer import Prediction, Recognizer, Utterance
 
@@ -333,25 +333,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run as a Ray Data job; ADDRESS of the cluster (default: RAY_ADDRESS, the cluster "
                    "'ray start' made here, else a new local instance)")
-    p.add_argument("--actors", type=_positive_int, default=None,
+    p.add_argument("--actors", type=positive_int, default=None,
                    help="Ray actors, one Recognizer each (default: the cluster's CPUs / --cpus-per-actor)")
-    p.add_argument("--cpus-per-actor", type=_positive_int, default=1,
+    p.add_argument("--cpus-per-actor", type=positive_int, default=1,
                    help="CPUs (and onnxruntime threads) per Ray actor (default %(default)s)")
-    p.add_argument("--chunk", type=_positive_int, default=DEFAULT_CHUNK,
+    p.add_argument("--chunk", type=positive_int, default=DEFAULT_CHUNK,
                    help="utterances per predict_batch call and per Ray batch (default %(default)s)")
     add_model_options(p)
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="onnxruntime threads (default: all cores; with --ray: --cpus-per-actor)")
-    p.add_argument("--batch-size", type=_positive_int, default=BatchBudget.max_items,
+    p.add_argument("--batch-size", type=positive_int, default=BatchBudget.max_items,
                    help="most clips per graph run (default %(default)s)")
     add_long_audio_option(p)
     return p
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
 
 
 def main(argv: Sequence[str]) -> int:
