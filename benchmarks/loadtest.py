@@ -241,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.requests < 1 or args.seconds <= 0 or args.rounds < 1:
         parser.error("--requests, --seconds and --rounds must be positive")
 
-    if (args.engine == "openvino") != (args.precision in ("fp32", "bf16")) and args.precision != "fp32":
-        parser.error(f"--precision {args.precision} needs --engine "
-                     f"{'openvino' if args.precision == 'bf16' else 'onnxruntime'}")
+    needs = {"bf16": "openvino", "int8": "onnxruntime"}.get(args.precision, args.engine)
+    if args.engine != needs:
+        parser.error(f"--precision {args.precision} needs --engine {needs}")
     if args.precision == "bf16":
         from mmer_rt.engines import bf16_supported
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, Union
 import numpy as np
 
 from .audio import SAMPLE_RATE, AudioSource, _array_to_float, _check_rate, _describe, _guess_channel_axis
+from .batching import BatchBudget
 from .errors import AudioError, MMERError, TimelineError
 
 if TYPE_CHECKING:
@@ -783,7 +784,7 @@ def _budget(recognizer: "Recognizer", seconds: float | None):
     if not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds > 0):
         raise ValueError(f"batch_seconds must be a positive number of seconds or None; got {seconds!r}")
     limit = seconds if budget.max_seconds is None else min(seconds, budget.max_seconds)
-    return type(budget)(max_items=budget.max_items, max_seconds=limit)
+    return BatchBudget(max_items=budget.max_items, max_seconds=limit)
 
 
 class _Scorer:
