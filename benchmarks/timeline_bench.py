@@ -13,6 +13,10 @@ own. Time is split into the model's (inside Recognizer.predict_batch: normalisat
 voice activity (Silero's calls), decoding and resampling (the block stream), and the rest (windowing, turns,
 words, summary); the timeline's own cost is everything but the model's.
 
+``--ablate mem-pattern,heap-release`` runs each call again with one of the runtime's memory choices undone
+(mmer_rt/session.py): onnxruntime's memory pattern turned back on, or the C heap not trimmed after each graph loads;
+each row says which (``ablated``).
+
 ``--sweep`` runs one call with each window length and reports the model's seconds per second of speech and, with
 ``--model`` (a trained model such as the demo's runs/demo/model), the share of speech whose segment label is the
 emotion the turn was synthesised with.
@@ -60,12 +64,17 @@ def model_dir(size: str) -> Path:
     return Artifacts(size).model_dir(("int8",))
 
 
+ABLATIONS = ("mem-pattern", "heap-release")
+
+
 def run_child(model: Path, audio: Path, rttm: Path, turns: Path, threads: int, window: float | None,
-              max_seconds: float) -> dict:
+              max_seconds: float, ablate: str | None = None) -> dict:
     command = [sys.executable, "-m", "benchmarks.timeline_bench", "--child", str(model), str(audio), str(rttm),
                str(turns), "--threads", str(threads), "--max-seconds", str(max_seconds)]
     if window is not None:
         command += ["--window", str(window)]
+    if ablate is not None:
+        command += ["--child-ablate", ablate]
     done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"timeline run failed:\n{done.stderr[-3000:]}")
@@ -77,6 +86,7 @@ def child(args: argparse.Namespace) -> None:
     import mmer_rt.timeline as tl
     from mmer_rt import BatchBudget, Recognizer
 
+    _ablate(args.child_ablate)
     clock = {key: 0.0 for part in ("total", "model", "vad", "decode") for key in (part, part + "_cpu")}
     rss_before = _rss_mb()
     budget = BatchBudget(max_items=BatchBudget.max_items, max_seconds=args.max_seconds)
@@ -128,7 +138,27 @@ def child(args: argparse.Namespace) -> None:
         "batch_max_seconds": args.max_seconds, "threads": args.threads,
         "peak_rss_mb": _peak_rss_mb(), "rss_before_load_mb": rss_before, "rss_after_load_mb": rss_loaded,
         "label_accuracy": _label_accuracy(result, json.loads(Path(args.child[3]).read_text())),
+        "ablated": args.child_ablate,
     }))
+
+
+def _ablate(choice: str | None) -> None:
+    """Undo one of mmer_rt.session's memory choices in this process (None: the runtime as it ships)."""
+    import mmer_rt.session as session
+
+    if choice == "mem-pattern":
+        shipped = session.session_options
+
+        def with_memory_pattern(threads, device="cpu"):
+            options = shipped(threads, device)
+            options.enable_mem_pattern = True
+            return options
+
+        session.session_options = with_memory_pattern
+    elif choice == "heap-release":
+        session.release_freed_heap = lambda: None
+    elif choice is not None:
+        raise ValueError(f"unknown ablation {choice!r}; use one of {', '.join(ABLATIONS)}")
 
 
 def _timed_iter(blocks, clock):
@@ -189,9 +219,12 @@ def main(argv=None) -> None:
     parser.add_argument("--max-seconds", type=float, default=80.0,
                         help="the Recognizer's BatchBudget.max_seconds (its default: 80); on the CPU the timeline "
                              "caps each graph run at one window whatever this says")
+    parser.add_argument("--ablate", default="", help="also run each call with these memory choices undone, one at a "
+                        f"time: {', '.join(ABLATIONS)}")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--child", nargs=4, metavar=("MODEL", "AUDIO", "RTTM", "TURNS"), help=argparse.SUPPRESS)
     parser.add_argument("--window", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-ablate", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(args)
@@ -199,6 +232,10 @@ def main(argv=None) -> None:
     minutes = [float(m) for m in (args.minutes or ("3" if args.sweep else "10,60")).split(",")]
     models = [(size, model_dir(size)) for size in args.sizes.split(",") if size] + [(str(m), m) for m in args.model]
     windows = [float(w) for w in args.sweep.split(",")] if args.sweep else [None]
+    ablations = [None] + [a for a in args.ablate.split(",") if a]
+    for choice in ablations[1:]:
+        if choice not in ABLATIONS:
+            parser.error(f"--ablate {choice}: use one of {', '.join(ABLATIONS)}")
     rows = []
     print(f"# {platform.processor() or platform.machine()}, {args.threads} threads; the machine is shared",
           flush=True)
@@ -206,10 +243,11 @@ def main(argv=None) -> None:
         for length in minutes:
             audio, rttm, turns = prepare_call(length)
             for window in windows:
-                row = {"model": name, "minutes": length, **run_child(folder, audio, rttm, turns, args.threads, window,
-                                                                   args.max_seconds)}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                for choice in ablations:
+                    row = {"model": name, "minutes": length, **run_child(folder, audio, rttm, turns, args.threads,
+                                                                       window, args.max_seconds, choice)}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"cpu": _cpu_name(), "threads": args.threads, "rows": rows}, indent=1))

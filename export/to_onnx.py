@@ -122,9 +122,11 @@ def _build(model: MMER, tokenizer_path: Path, probes: parity.ProbeSet, staging: 
     fused = steps.run("fusing the encoders (onnxruntime transformer optimizer)", _fuse, model, traced, fp32,
                       "fp16" in precisions)
     reference = steps.run("running the PyTorch fp32 reference on the probes", parity.reference_for, model, probes)
-    variants, kept = {}, None
+    variants, kept, fp16_tables = {}, None, {}
     for name in precisions:
-        folder = steps.run(f"building the {name} graphs", _build_variant, name, fp32, traced, staging)
+        folder, tables = steps.run(f"building the {name} graphs", _build_variant, name, fp32, traced, staging)
+        if tables:
+            fp16_tables[name] = tables
         if name == "int8" and int8_logit_tolerance is not None:
             kept = _tune_int8(fp32, folder, probes, reference, int8_logit_tolerance, steps.log)
         title = f"measuring {name} parity" + (" (onnxruntime, and OpenVINO)" if name == "fp32" else "")
@@ -135,6 +137,8 @@ def _build(model: MMER, tokenizer_path: Path, probes: parity.ProbeSet, staging: 
         shutil.rmtree(fp32)
     shutil.copyfile(tokenizer_path, staging / TOKENIZER_NAME)
     manifest = _manifest(model, variants, fused, probes.description)
+    # Tables stored in fp16 inside a variant's fp32 arithmetic (export/precision.py FP16_TABLE_INDICES).
+    manifest.extra["fp16_tables"] = fp16_tables
     if kept is not None:
         manifest.extra["int8_kept_fp32"] = {"groups": kept, "logit_tolerance": int8_logit_tolerance}
     manifest.format_version = format_version
@@ -193,19 +197,24 @@ def fuse_encoder(model: MMER, graph_name: str, source: Path, target: Path, gpu: 
                             hidden_size=config["hidden_size"], skip_layer_norm=gpu)
 
 
-def _build_variant(name: str, fp32: Path, traced: Path, staging: Path) -> Path:
+def _build_variant(name: str, fp32: Path, traced: Path, staging: Path) -> tuple[Path, dict[str, list[str]]]:
+    """The variant's folder, and the tables (by graph) it stores in fp16 inside fp32 arithmetic."""
     if name == "fp32":
-        return fp32
+        return fp32, {}
     folder = staging / name
     folder.mkdir()
+    fp16_tables = {}
     for graph_name in GRAPH_NAMES:
         if name == "fp16":
             precision.to_fp16(traced / "gpu" / f"{graph_name}.onnx", folder / f"{graph_name}.onnx")
         elif graph_name in precision.INT8_GRAPHS:
             precision.to_int8(fp32 / f"{graph_name}.onnx", folder / f"{graph_name}.onnx")
+        elif graph_name == "text_encoder":  # fp32 arithmetic, its word-embedding table stored in fp16
+            fp16_tables[graph_name] = precision.fp16_embedding_table(fp32 / f"{graph_name}.onnx",
+                                                                     folder / f"{graph_name}.onnx")
         else:  # kept fp32 inside the int8 variant (precision.INT8_GRAPHS says why)
             shutil.copyfile(fp32 / f"{graph_name}.onnx", folder / f"{graph_name}.onnx")
-    return folder
+    return folder, fp16_tables
 
 
 def _tune_int8(fp32: Path, folder: Path, probes: parity.ProbeSet, reference: dict, tolerance: float,
@@ -246,7 +255,8 @@ def _tune_int8(fp32: Path, folder: Path, probes: parity.ProbeSet, reference: dic
         alone[group] = error([node for node in every if node not in nodes])
         log(f"  int8: {index}/{len(groups)} {group} alone: max |delta logit| {alone[group]:.2e}")
     order = sorted(groups, key=lambda group: -alone[group])
-    # Keeping all `high` groups is as close as the graph gets (no int8 left: fp32's own error against PyTorch).
+    # Keeping all `high` groups is as close as the graph gets (no int8 left: fp32's own error against PyTorch, and
+    # the text graph's fp16 word-embedding table).
     low, high = 0, len(order)
     while high - low > 1:
         middle = (low + high) // 2
@@ -260,7 +270,8 @@ def _tune_int8(fp32: Path, folder: Path, probes: parity.ProbeSet, reference: dic
     found = error([node for group in kept for node in groups[group]])
     log(f"  int8: kept in fp32 {', '.join(kept)} ({len(kept)} of {len(order)} groups): max |delta logit| "
         f"{found:.2e}, " + (f"within {tolerance:g}" if found <= tolerance else
-                            f"still over {tolerance:g} with no group in int8 (the fp32 graphs' own difference)"))
+                            f"still over {tolerance:g} with no group in int8 (the fp32 graphs' own difference, the "
+                            "fp16 word-embedding table's)"))
     return kept
 
 

@@ -10,7 +10,8 @@ from onnx import TensorProto, helper
 
 from benchmarks.micro import onnx_model
 from mmer_rt.errors import DeviceError, ModelDirError
-from mmer_rt.session import CPU_PROVIDER, CUDA_PROVIDER, Graph, open_session, resolve_device, session_options
+from mmer_rt.session import (CPU_PROVIDER, CUDA_PROVIDER, Graph, _malloc_trim, open_session, release_freed_heap,
+                             resolve_device, session_options)
 from test_recognizer_fixtures import cuda_starts
 
 NO_CUDA = CUDA_PROVIDER not in ort.get_available_providers()
@@ -70,6 +71,46 @@ def test_cpu_session_uses_the_cpu_provider_and_thread_count(doubling_graph):
     assert session_options(None).intra_op_num_threads == 0
     # The three graphs run in turn: idle threads must not spin and take the next graph's cores.
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    # Speech comes in every length: on the CPU no per-shape memory pattern is planned and kept.
+    assert options.enable_mem_pattern is False and session_options(3, "cuda").enable_mem_pattern is True
+
+
+def test_opening_a_session_gives_the_freed_heap_back(doubling_graph, monkeypatch):
+    import mmer_rt.session as session_module
+
+    calls = []
+    monkeypatch.setattr(session_module, "release_freed_heap", lambda: calls.append(1))
+    open_session(doubling_graph, "cpu", threads=1)
+    assert calls == [1]
+
+
+def _resident_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(_malloc_trim() is None, reason="this C library has no malloc_trim (not glibc)")
+def test_release_freed_heap_returns_pages_the_heap_kept():
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    # 100 MB in blocks below the mmap threshold (so they come from the heap), then a fence block above them that
+    # stays allocated: freed, the blocks lie under the fence and the heap cannot shrink from its top.
+    blocks = [libc.malloc(64 * 1024) for _ in range(1600)]
+    for block in blocks:
+        ctypes.memset(block, 1, 64 * 1024)
+    fence = libc.malloc(64 * 1024)
+    for block in blocks:
+        libc.free(block)
+    kept = _resident_mb()
+    release_freed_heap()
+    released = _resident_mb()
+    libc.free(fence)
+    assert kept - released > 50, (kept, released)
 
 
 @pytest.mark.parametrize("threads", [0, -2, 1.5, True])
