@@ -49,6 +49,23 @@ SPEED_PLANS = ("front end + projection f32, rest bf16", "first layer f32, front 
 SPEED_ROUTES = ("pytorch-sdpa", "pytorch-sdpa-bf16", "pytorch-int8-dynamic", "mmer-rt-int8", "mmer-rt-openvino")
 
 
+def layer_plans(audio_onnx: Path) -> dict:
+    """One plan per front-end layer after the first: that layer (with the first, for the first of them) and the
+    projection in f32, the other front-end layers and the rest in bf16."""
+    import onnx
+
+    names = {out for node in onnx.load(str(audio_onnx), load_external_data=False).graph.node for out in node.output}
+    rest = [f"/front_end/rest.{i}/activation/Mul_1_output_0" for i in range(64)]
+    rest = [name for name in rest if name in names]
+    plans = {}
+    for k in range(len(rest)):
+        # piece 0: the first layer and rest.0; piece i: rest.i; then the projection; then the rest
+        precisions = ["fp32" if k == 0 else "bf16"] + ["fp32" if i == k else "bf16" for i in range(1, len(rest))]
+        plans[f"front-end layer rest.{k} f32{' (and the first)' if k == 0 else ''}, projection f32, rest bf16"] = (
+            rest + [PROJECTION], precisions + ["fp32", "bf16"], "fp32")
+    return plans
+
+
 def compile_piece(path: Path, precision: str, threads: int):
     """One piece compiled by the CPU plugin as mmer_rt.engines compiles whole graphs, in ``precision``."""
     from mmer_rt.engines import _core, compile_for_cpu
@@ -127,6 +144,7 @@ def accuracy(args, folder: Path) -> None:
     expected = probabilities(reference)
     print(f"{len(items)} utterances of {args.session}; against onnxruntime fp32\n")
     print("| plan | max abs delta p | top-1 agreement |\n|---|---|---|")
+    PLANS.update(layer_plans(args.model_dir / reference.manifest.variants["fp32"].graphs["audio_encoder"].file))
     for plan in PLANS:
         got = probabilities(plan_recognizer(args.model_dir, plan, args.threads, folder))
         agree = np.mean(got.argmax(1) == expected.argmax(1))
