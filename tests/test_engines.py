@@ -288,3 +288,21 @@ def test_the_export_says_when_openvino_was_not_measured(tiny_export, monkeypatch
     _measure_openvino(tiny_export[1] / "fp32", None, None, report, 0.05)
     assert report["openvino"] == {"measured": False, "reason": "openvino is not installed"}
     assert export_parity.TOLERANCES["openvino"] == 0.05
+
+
+def test_the_split_audio_graph_in_f32_equals_the_whole_graph(tiny_model_dir, onnxruntime_fp32, tmp_path):
+    """benchmarks/openvino_split.py's pieces, all in f32, give the whole graph's answers: its cuts lose nothing, so
+    its figures for mixed precisions measure the precisions, not the cutting."""
+    from benchmarks.openvino_split import FIRST_LAYER, FRONT_END, PROJECTION, SplitAudioGraph, layer_plans
+
+    fp32 = tiny_model_dir / "fp32" / "audio_encoder.onnx"
+    recognizer = Recognizer.from_dir(tiny_model_dir, device="cpu", engine="openvino", precision="fp32", threads=1)
+    recognizer._graphs["audio_encoder"] = SplitAudioGraph(fp32, [FIRST_LAYER, FRONT_END, PROJECTION], ["fp32"] * 4,
+                                                          1, tmp_path)
+    assert len(recognizer._graphs["audio_encoder"].pieces) == 4
+    expected = probabilities(onnxruntime_fp32, onnxruntime_fp32.predict_batch(utterances()))
+    got = probabilities(recognizer, recognizer.predict_batch(utterances()))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # The tiny front end has two layers after the first: one plan each, cut after every layer and the projection.
+    plans = layer_plans(fp32)
+    assert len(plans) == 2 and all(len(cuts) == 3 and len(precisions) == 4 for cuts, precisions, _ in plans.values())
