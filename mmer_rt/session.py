@@ -127,7 +127,7 @@ def _malloc_trim():
     """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS, Windows)."""
     try:
         return ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):  # TypeError: Windows loads no library by None
         return None
 
 
