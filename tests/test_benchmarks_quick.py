@@ -364,3 +364,22 @@ def test_the_compiled_pytorch_peer_gives_the_eager_answers(tiny_tokenizer_path):
         want = eager.probabilities(eager.prepare(workload, tokenizer))
         got = compiled.probabilities(compiled.prepare(workload, tokenizer))
         assert np.abs(got - want).max() < 1e-5
+
+
+def test_timeline_bench_ablations_undo_one_memory_choice_each(monkeypatch):
+    import mmer_rt.session as session
+    from benchmarks.timeline_bench import _ablate
+
+    shipped_options, shipped_release = session.session_options, session.release_freed_heap
+    monkeypatch.setattr(session, "session_options", shipped_options)  # restored after the test
+    monkeypatch.setattr(session, "release_freed_heap", shipped_release)
+    _ablate(None)
+    assert session.session_options is shipped_options and session.release_freed_heap is shipped_release
+    assert session.session_options(1).enable_mem_pattern is False
+    _ablate("mem-pattern")
+    assert session.session_options(1).enable_mem_pattern is True and session.session_options(1).intra_op_num_threads == 1
+    assert session.release_freed_heap is shipped_release
+    _ablate("heap-release")
+    assert session.release_freed_heap is not shipped_release and session.release_freed_heap() is None
+    with pytest.raises(ValueError, match="unknown ablation 'arena'"):
+        _ablate("arena")
