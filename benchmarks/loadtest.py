@@ -31,6 +31,7 @@ from mmer_rt.audio import SAMPLE_RATE
 
 from .artifacts import Artifacts
 from .loopback import ServerProcess
+from .machine import cpu_info
 from .workload import speech_like, token_range, transcript_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -301,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Load test of `mmer-rt serve` ({args.size} model, {args.precision}, {args.engine}, {args.threads} threads, "
         f"max wait "
         f"{args.max_wait_ms:g} ms), {platform.processor() or platform.machine()} "
-        f"({_cpu_name()}, {os.cpu_count()} logical CPUs; the load generator shares them with the server), "
+        f"({cpu_info()['model']}, {os.cpu_count()} logical CPUs; the load generator shares them with the server), "
         f"{time.strftime('%Y-%m-%d', time.gmtime())}. Clips: {len(clips)} of 2-10 s sent round-robin; up to "
         f"{args.requests} answers or {args.seconds:g} s per level, in {args.rounds} interleaved rounds. "
         "An in-process row is one predict_batch call per round on the same clips, decoding included (its mean "
@@ -317,14 +318,6 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text("\n".join(report) + "\n")
     return 0
 
-
-def _cpu_name() -> str:
-    try:
-        from .machine import cpu_info
-
-        return cpu_info().get("model", "unknown CPU")
-    except Exception:  # noqa: BLE001 - a description only
-        return "unknown CPU"
 
 
 if __name__ == "__main__":

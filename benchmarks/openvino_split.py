@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .machine import cpu_info
 
 FIRST_LAYER = "/front_end/first/activation/Mul_1_output_0"
 FRONT_END = "/front_end/Transpose_output_0"
@@ -201,16 +202,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.speed and (args.manifest is None or args.model_dir is None):
         parser.error("give MODEL_DIR and --manifest (accuracy), or --speed")
-    print(f"# {_cpu()}, {args.threads} threads")
+    print(f"# {cpu_info()['model']}, {args.threads} threads")
     with tempfile.TemporaryDirectory() as folder:
         (speed if args.speed else accuracy)(args, Path(folder))
 
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return sys.platform
 
 
 if __name__ == "__main__":

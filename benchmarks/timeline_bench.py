@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from .artifacts import CACHE_ROOT, REPO_ROOT
+from .machine import cpu_info
 
 CALL_RATE = 8000
 WORK = CACHE_ROOT / "timeline"
@@ -250,14 +251,8 @@ def main(argv=None) -> None:
                     print(json.dumps(row), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"cpu": _cpu_name(), "threads": args.threads, "rows": rows}, indent=1))
+        args.out.write_text(json.dumps({"cpu": cpu_info()["model"], "threads": args.threads, "rows": rows}, indent=1))
 
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

